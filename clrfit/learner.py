@@ -1,0 +1,545 @@
+"""The Learner: model + data + optimizer, and the training loop that fires callback events.
+
+The event vocabulary and what fires on each kind of stop are documented in
+:mod:`clrfit.callback`. Progress is kept in integer counters on the learner
+(``epoch``, ``iteration``, ``batch_index``, ``cycle``, ``iter_in_cycle``);
+fractions are always derived from them. ``iteration`` counts optimizer steps
+since the start of the fit; with ``accumulate=k`` one step is k micro-batches.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from . import schedules
+from .callback import (
+    EVENTS,
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+)
+from .data import ModelData
+from .distributed import from_environment
+from .metrics import metric_name
+from .precision import Precision, resolve_precision
+from .progress import ProgressCallback
+from .recorder import Recorder
+from .scheduler import ParamScheduler
+from .serialization import load_state, save_state
+from .validation import as_group_values, check_bool, check_choice, check_int
+
+_CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
+
+
+def default_opt_fn(params, lr: float = 1e-3) -> torch.optim.Optimizer:
+    """SGD with momentum 0.9 (the fastai 0.7 default)."""
+    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+class Learner:
+    """Owns the model, the data and the optimizer, and runs fits through callbacks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: ModelData,
+        opt_fn: Callable[..., torch.optim.Optimizer] | None = None,
+        crit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        layer_groups: Sequence[Any] | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        device: str | torch.device | None = None,
+        fp16: bool = False,
+        precision: str | None = None,
+        path: str | Path = ".",
+        progress: bool = True,
+        table: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if not isinstance(data, ModelData):
+            raise TypeError(f"data must be a clrfit.ModelData; got {type(data).__name__}")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("model has no trainable parameters (requires_grad=True); there is nothing to train")
+        self.dist = from_environment()
+        self.device = _resolve_device(device, self.dist.local_rank)
+        self.model = model.to(self.device)
+        self.data = data
+        self.crit = crit if crit is not None else nn.CrossEntropyLoss()
+        self.metrics = list(metrics or [])
+        self.callbacks = list(callbacks or [])
+        self.path = Path(path)
+        self.progress, self.table = check_bool("progress", progress), check_bool("table", table)
+        self.precision = Precision(resolve_precision(fp16, precision), self.device)
+        self.opt_fn = opt_fn or default_opt_fn
+        self.opt = self.opt_fn(_param_groups(model, layer_groups), lr=1e-3)
+        if not isinstance(self.opt, torch.optim.Optimizer):
+            raise TypeError(f"opt_fn must return a torch.optim.Optimizer; got {type(self.opt).__name__}")
+        self.train_model: nn.Module = self.dist.wrap(self.model, self.device)
+        self.recorder = Recorder()
+        self.sched: Recorder = self.recorder
+        self._reset_counters()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_groups(self) -> int:
+        """Number of layer groups (optimizer param groups)."""
+        return len(self.opt.param_groups)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Column names of the current metrics."""
+        return [metric_name(m) for m in self._metrics]
+
+    @property
+    def is_main_process(self) -> bool:
+        """True on rank 0, and always when not distributed."""
+        return self.dist.is_main
+
+    def _reset_counters(self) -> None:
+        self.epoch = self.iteration = self.batch_index = 0
+        self.cycle = self.iter_in_cycle = 0
+        self.n_epochs = self.nb = 0
+        self.accumulate = 1
+        self.loss = self.step_loss = self.pred = None
+        self.xb = self.yb = None
+        self.val_loss: float | None = None
+        self.val_metrics: list[float] = []
+        self._metrics = self.metrics
+        self.interrupted = self._interrupt_requested = False
+        self.resume_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ public fits
+    def fit(
+        self,
+        lrs: float | Sequence[float],
+        n_cycle: int,
+        cycle_len: int | None = None,
+        cycle_mult: int = 1,
+        wds: float | Sequence[float] | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        use_clr: Sequence[float] | None = None,
+        use_clr_beta: Sequence[float] | None = None,
+        **options: Any,
+    ) -> Recorder:
+        """Train ``n_cycle`` cycles: constant lr, SGDR (``cycle_len``), ``use_clr`` or ``use_clr_beta``.
+
+        ``options``: ``use_wd_sched``, ``norm_wds``, ``wds_sched_mult``, ``accumulate``,
+        ``compile``, ``checkpoint``, ``checkpoint_every``, ``resume``, ``on_nan``
+        (see :meth:`train`). Returns ``learn.sched``.
+        """
+        group_lrs = as_group_values("lrs", lrs, self.n_groups, positive=True)
+        nb = self._steps_per_epoch(options.get("accumulate", 1))
+        schedule, n_epochs = schedules.fit_schedule(group_lrs, nb, n_cycle, cycle_len, cycle_mult, use_clr, use_clr_beta)
+        args = dict(kind="fit", lrs=group_lrs, n_cycle=n_cycle, cycle_len=cycle_len, cycle_mult=cycle_mult,
+                    use_clr=_plain(use_clr), use_clr_beta=_plain(use_clr_beta))
+        return self.train(schedule, n_epochs, wds=wds, callbacks=callbacks, metrics=metrics, fit_args=args, **options)
+
+    def fit_cyclic(
+        self,
+        epochs: int,
+        base_lr: float | Sequence[float],
+        max_lr: float | Sequence[float],
+        step_size_up: float = 2000,
+        step_size_down: float | None = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        scale_fn: Callable[[float], float] | None = None,
+        scale_mode: str = "cycle",
+        cycle_momentum: bool = True,
+        base_momentum: float | Sequence[float] = 0.8,
+        max_momentum: float | Sequence[float] = 0.9,
+        **options: Any,
+    ) -> Recorder:
+        """Train ``epochs`` epochs with ``torch.optim.lr_scheduler.CyclicLR``'s schedule and values."""
+        epochs = check_int("epochs", epochs, minimum=1)
+        total = epochs * self._steps_per_epoch(options.get("accumulate", 1))
+        schedule = schedules.cyclic_schedule(
+            self.n_groups, base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn,
+            scale_mode, cycle_momentum, base_momentum, max_momentum, total=total)
+        args = dict(kind="fit_cyclic", epochs=epochs, base_lr=_plain(base_lr), max_lr=_plain(max_lr),
+                    step_size_up=step_size_up, step_size_down=step_size_down, mode=mode, gamma=gamma,
+                    scale_mode=scale_mode, cycle_momentum=cycle_momentum,
+                    base_momentum=_plain(base_momentum), max_momentum=_plain(max_momentum))
+        return self.train(schedule, epochs, fit_args=args, **options)
+
+    def fit_one_cycle(
+        self,
+        epochs: int,
+        max_lr: float | Sequence[float],
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float | Sequence[float] = 0.85,
+        max_momentum: float | Sequence[float] = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        **options: Any,
+    ) -> Recorder:
+        """Train ``epochs`` epochs with ``torch.optim.lr_scheduler.OneCycleLR``'s schedule and values."""
+        epochs = check_int("epochs", epochs, minimum=1)
+        total = epochs * self._steps_per_epoch(options.get("accumulate", 1))
+        schedule = schedules.one_cycle_schedule(
+            self.n_groups, max_lr, total, pct_start, anneal_strategy, cycle_momentum, base_momentum,
+            max_momentum, div_factor, final_div_factor, three_phase)
+        args = dict(kind="fit_one_cycle", epochs=epochs, max_lr=_plain(max_lr), pct_start=pct_start,
+                    anneal_strategy=anneal_strategy, cycle_momentum=cycle_momentum,
+                    base_momentum=_plain(base_momentum), max_momentum=_plain(max_momentum),
+                    div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase)
+        return self.train(schedule, epochs, fit_args=args, **options)
+
+    def lr_find(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, wds=None, linear: bool = False, **kwargs: Any):
+        """LR range test over at most one epoch; ``learn.sched`` holds the result. Learner state is restored."""
+        from .lr_finder import lr_find
+
+        return lr_find(self, start_lr=start_lr, end_lr=end_lr, wds=wds, linear=linear, **kwargs)
+
+    def lr_find2(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, num_it: int = 100, wds=None,
+                 linear: bool = False, stop_dv: bool = True, **kwargs: Any):
+        """LR range test over ``num_it`` steps, validating on one batch per step. Learner state is restored."""
+        from .lr_finder import lr_find2
+
+        return lr_find2(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, wds=wds, linear=linear, stop_dv=stop_dv, **kwargs)
+
+    # ------------------------------------------------------------------ the loop
+    def train(
+        self,
+        schedule: schedules.Schedule,
+        n_epochs: int,
+        wds: float | Sequence[float] | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        use_wd_sched: bool = False,
+        norm_wds: bool = False,
+        wds_sched_mult: Callable[["Learner"], float] | None = None,
+        accumulate: int = 1,
+        compile: bool = False,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        on_nan: str = "raise",
+        fit_args: dict[str, Any] | None = None,
+        recorder: Recorder | None = None,
+    ) -> Recorder:
+        """Run ``n_epochs`` epochs applying ``schedule``: the engine behind every ``fit*``."""
+        n_epochs = check_int("n_epochs", n_epochs, minimum=1)
+        accumulate = check_int("accumulate", accumulate, minimum=1)
+        check_bool("use_wd_sched", use_wd_sched)
+        check_bool("norm_wds", norm_wds)
+        check_bool("compile", compile)
+        check_bool("resume", resume)
+        check_choice("on_nan", on_nan, ("raise", "restore", "ignore"))
+        if wds_sched_mult is not None and not callable(wds_sched_mult):
+            raise TypeError(f"wds_sched_mult must be a callable taking the learner; got {wds_sched_mult!r}")
+        group_wds = None if wds is None else as_group_values("wds", wds, self.n_groups, minimum=0.0)
+        if (norm_wds or wds_sched_mult is not None) and not use_wd_sched:
+            raise ValueError("norm_wds and wds_sched_mult apply to scheduled weight decay; pass use_wd_sched=True")
+        if use_wd_sched and group_wds is None:
+            raise ValueError("use_wd_sched=True needs wds (the weight decay to schedule); got wds=None")
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
+        if checkpoint_every is not None:
+            checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+        fit_callbacks = _check_callbacks("callbacks", callbacks)
+        self._reset_counters()
+        self._metrics = list(metrics) if metrics is not None else self.metrics
+        self.accumulate = accumulate
+        self.nb = self._steps_per_epoch(accumulate)
+        self.n_epochs = n_epochs
+        self.fit_args = dict(fit_args or {}, n_epochs=n_epochs, accumulate=accumulate, wds=group_wds,
+                             use_wd_sched=use_wd_sched, norm_wds=norm_wds)
+        if compile:
+            self.train_model = _compiled(self.dist.wrap(self.model, self.device))
+        self.recorder = recorder or Recorder()
+        self.recorder.flush_every = 1 if self.device.type == "cpu" else Recorder.flush_every
+        self.sched = self.recorder
+        cbs = [ParamScheduler(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult), self.recorder]
+        if self.progress or self.table:
+            cbs.append(ProgressCallback(bar=self.progress, table=self.table))
+        if checkpoint is not None or on_nan != "ignore":
+            from .checkpoint import checkpoint_callbacks
+
+            cbs.extend(checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan))
+        self._run(cbs + self.callbacks + fit_callbacks)
+        return self.recorder
+
+    def _run(self, cbs: list[Callback]) -> None:
+        self._cbs = sorted(cbs, key=lambda cb: cb.order)
+        for cb in self._cbs:
+            cb.learn = self
+        self._handlers = {e: [getattr(cb, e) for cb in self._cbs if _overrides(cb, e)] for e in EVENTS}
+        with _interrupt_guard(self):
+            try:
+                self._scope("train", self._all_epochs, CancelFitException)
+            finally:
+                self._fire("on_train_end")
+                if self.interrupted:
+                    raise KeyboardInterrupt(
+                        f"training interrupted by Ctrl-C at epoch {self.epoch}, iteration {self.iteration}; "
+                        "the model and learn.sched hold the state reached"
+                    )
+
+    def _fire(self, event: str) -> None:
+        for handler in self._handlers[event]:
+            handler()
+
+    def _scope(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
+        """Fire ``on_<name>_begin``, run ``body``; fire ``on_<name>_end`` on success or any cancel."""
+        begin, end = ("on_train_begin", None) if name == "train" else (f"on_{name}_begin", f"on_{name}_end")
+        try:
+            self._fire(begin)
+            body()
+        except cancel:
+            pass
+        except _CANCELS:
+            if end:
+                self._fire(end)
+            raise
+        if end:
+            self._fire(end)
+
+    def _all_epochs(self) -> None:
+        while self.epoch < self.n_epochs:
+            self._scope("epoch", self._one_epoch, CancelEpochException)
+            self.epoch += 1
+            self.batch_index = 0
+
+    def _one_epoch(self) -> None:
+        self.train_model.train()
+        self.val_loss, self.val_metrics = None, []
+        for micro_batches in self._epoch_steps():
+            self._scope("batch", functools.partial(self._one_step, micro_batches), CancelBatchException)
+            self.iteration += 1
+            self.batch_index += 1
+            if self._interrupt_requested:
+                self.interrupted = True
+                raise CancelFitException()
+        if self.data.val_dl is not None:
+            self._fire("on_validate_begin")
+            self.val_loss, self.val_metrics = self.validate()
+            self._fire("on_validate_end")
+
+    def _epoch_steps(self) -> Iterator[list[Any]]:
+        """This epoch's optimizer steps (lists of ``accumulate`` micro-batches), from ``batch_index`` on.
+
+        The torch RNG state just before the loader is iterated is kept in
+        ``epoch_rng_state``: with it, a checkpoint replays this epoch's data order.
+        """
+        dl = self.data.trn_dl
+        sampler = getattr(dl, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        resume = self.resume_state
+        if resume is not None:
+            torch.set_rng_state(resume["epoch_rng_state"])
+        self.epoch_rng_state = torch.get_rng_state()
+        batches = iter(dl)
+        for _ in range(self.batch_index * self.accumulate):
+            next(batches)
+        if resume is not None:
+            from .serialization import set_rng_states
+
+            set_rng_states(resume["rng_states"])
+            self.resume_state = None
+        group: list[Any] = []
+        for batch in batches:
+            group.append(batch)
+            if len(group) == self.accumulate:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _one_step(self, micro_batches: list[Any]) -> None:
+        self._fire("on_batch_begin")
+        n = len(micro_batches)
+        total = None
+        for j, batch in enumerate(micro_batches):
+            self.xb, self.yb = self._to_device(batch)
+            with self.dist.no_sync(self.train_model, sync=j == n - 1):
+                with self.precision.autocast():
+                    self.pred = self.train_model(self.xb)
+                    self.loss = self.crit(self.pred, self.yb)
+                self._fire("on_loss")
+                self.precision.backward(self.loss / n if n > 1 else self.loss)
+            detached = self.loss.detach()
+            total = detached if total is None else total + detached
+        self.step_loss = total / n if n > 1 else total
+        self._fire("on_backward_end")
+        self.precision.step(self.opt)
+        self._fire("on_step_end")
+        self.opt.zero_grad(set_to_none=True)
+        self._fire("on_batch_end")
+
+    def _to_device(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        xb, yb = batch[0], batch[1]
+        non_blocking = self.device.type == "cuda"
+        return _move(xb, self.device, non_blocking), _move(yb, self.device, non_blocking)
+
+    def _steps_per_epoch(self, accumulate: int = 1) -> int:
+        accumulate = check_int("accumulate", accumulate, minimum=1)
+        return math.ceil(len(self.data.trn_dl) / accumulate)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, dl: torch.utils.data.DataLoader | None = None) -> tuple[float, list[float]]:
+        """Mean loss and metrics over a loader (default: the validation loader)."""
+        dl = dl if dl is not None else self.data.val_dl
+        if dl is None:
+            raise ValueError("validate: no loader given and the data has no val_dl")
+        was_training = self.train_model.training
+        self.train_model.eval()
+        sums = torch.zeros(2 + len(self._metrics), device=self.device, dtype=torch.float64)
+        for batch in dl:
+            xb, yb = self._to_device(batch)
+            with self.precision.autocast():
+                pred = self.train_model(xb)
+                loss = self.crit(pred, yb)
+            n = len(yb)
+            values = [loss.float() * n, torch.tensor(float(n), device=self.device)]
+            values += [m(pred.float(), yb).float() * n for m in self._metrics]
+            sums += torch.stack([v.double().reshape(()) for v in values])
+            if self._interrupt_requested:
+                break
+        self.dist.all_reduce_sum(sums)
+        self.train_model.train(was_training)
+        totals = sums.tolist()
+        count = totals[1]
+        return totals[0] / count, [v / count for v in totals[2:]]
+
+    # ------------------------------------------------------------------ persistence
+    def model_path(self, name: str | Path) -> Path:
+        """``name`` as a path: used as-is if it has a suffix or a folder, else ``path/models/<name>.pt``."""
+        p = Path(name)
+        if p.suffix or len(p.parts) > 1:
+            return p
+        return self.path / "models" / f"{name}.pt"
+
+    def save(self, name: str | Path, with_opt: bool = True) -> Path:
+        """Write the model (and optimizer) state atomically; returns the path."""
+        state = {"model": self.model.state_dict()}
+        if with_opt:
+            state["opt"] = self.opt.state_dict()
+        path = self.model_path(name)
+        if self.is_main_process:
+            save_state(state, path)
+        self.dist.barrier()
+        return path
+
+    def load(self, name: str | Path, with_opt: bool = True) -> None:
+        """Load what :meth:`save` wrote; on any error the learner is left unchanged."""
+        path = self.model_path(name)
+        state = load_state(path, self.device, required=("model",))
+        model_before = {k: v.clone() for k, v in self.model.state_dict().items()}
+        opt_before = self.opt.state_dict()
+        try:
+            self.model.load_state_dict(state["model"])
+            if with_opt and "opt" in state:
+                self.opt.load_state_dict(state["opt"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            self.model.load_state_dict(model_before)
+            self.opt.load_state_dict(opt_before)
+            raise ValueError(f"load: {path} does not fit this learner's model/optimizer: {err}") from None
+
+    def __repr__(self) -> str:
+        return (f"Learner(model={type(self.model).__name__}, data={self.data!r}, opt={type(self.opt).__name__}, "
+                f"groups={self.n_groups}, device={self.device}, precision={self.precision.name})")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r} ({err})") from None
+
+
+def _param_groups(model: nn.Module, layer_groups: Sequence[Any] | None) -> list[dict[str, Any]]:
+    if layer_groups is None:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if isinstance(layer_groups, (nn.Module, torch.Tensor)) or not isinstance(layer_groups, Sequence) or not layer_groups:
+        raise TypeError("layer_groups must be a non-empty list of modules or of parameter lists")
+    groups, seen = [], set()
+    for i, group in enumerate(layer_groups):
+        params = list(group.parameters()) if isinstance(group, nn.Module) else list(group)
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            raise ValueError(f"layer_groups[{i}] has no trainable parameters")
+        if any(id(p) in seen for p in params):
+            raise ValueError(f"layer_groups[{i}] shares parameters with an earlier group; groups must be disjoint")
+        seen.update(id(p) for p in params)
+        groups.append({"params": params})
+    return groups
+
+
+def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Callback]:
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"{name} must hold clrfit.Callback instances; got {type(cb).__name__}")
+    return callbacks
+
+
+def _overrides(cb: Callback, event: str) -> bool:
+    return getattr(type(cb), event) is not getattr(Callback, event)
+
+
+def _move(x: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=non_blocking)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_move(v, device, non_blocking) for v in x)
+    if isinstance(x, dict):
+        return {k: _move(v, device, non_blocking) for k, v in x.items()}
+    return x
+
+
+def _plain(value: Any) -> Any:
+    """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return tuple(float(v) for v in value)
+
+
+def _compiled(model: nn.Module) -> nn.Module:
+    if not hasattr(torch, "compile"):
+        raise ValueError("compile=True needs torch.compile (PyTorch >= 2.0); this torch has none")
+    return torch.compile(model)
+
+
+class _interrupt_guard:
+    """During a fit, the first Ctrl-C asks the loop to stop after the current batch."""
+
+    def __init__(self, learn: Learner) -> None:
+        self.learn = learn
+        self.previous = None
+
+    def __enter__(self) -> None:
+        self.learn._interrupt_requested = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.learn._interrupt_requested = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)  # a second Ctrl-C is immediate
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        self.learn._interrupt_requested = False

@@ -1,0 +1,42 @@
+"""Reading and writing a param group's hyper-parameters, whatever the optimizer.
+
+Momentum is SGD/RMSprop ``momentum`` or ``betas[0]`` for Adam-family optimizers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def momentum_key(optimizer: torch.optim.Optimizer) -> str | None:
+    """``'betas'``, ``'momentum'`` or ``None`` when the optimizer has neither."""
+    group = optimizer.param_groups[0]
+    if "betas" in group:
+        return "betas"
+    if "momentum" in group:
+        return "momentum"
+    return None
+
+
+def get_momentum(group: dict[str, Any]) -> float | None:
+    """The group's momentum (``betas[0]`` for Adam-family), or None."""
+    if "betas" in group:
+        return float(group["betas"][0])
+    if "momentum" in group:
+        return float(group["momentum"])
+    return None
+
+
+def set_momentum(group: dict[str, Any], value: float) -> None:
+    """Write momentum into ``momentum`` or ``betas[0]``."""
+    if "betas" in group:
+        group["betas"] = (value, *tuple(group["betas"])[1:])
+    elif "momentum" in group:
+        group["momentum"] = value
+    else:
+        raise ValueError(
+            "this optimizer has neither 'momentum' nor 'betas' in its param groups, "
+            "so a schedule with momentum cannot be applied; use an optimizer with momentum "
+            "(SGD, RMSprop, Adam, AdamW, NAdam, RAdam, ...) or a schedule without momentum"
+        )

@@ -1,0 +1,70 @@
+"""Plots. Each returns a matplotlib Figure made without pyplot's global state,
+so it works headless (Agg), in scripts and inline in Jupyter (shown when it is
+the cell's value; ``fig.savefig(path)`` writes it)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from matplotlib.figure import Figure
+
+
+def _figure(n_rows: int = 1, width: float = 6.4, row_height: float = 3.2):
+    _register_notebook_display()
+    fig = Figure(figsize=(width, row_height * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def _register_notebook_display() -> None:
+    # Importing pyplot inside a Jupyter kernel installs the inline backend's
+    # display formatters, so a returned Figure renders as an image.
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        import matplotlib.pyplot  # noqa: F401
+
+
+def plot_lr_mom(
+    iterations: Sequence[int],
+    lrs: Sequence[float],
+    moms: Sequence[float] | None = None,
+    epoch_marks: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Learning rate per iteration, and momentum in a second panel when given."""
+    fig, axes = _figure(2 if moms is not None else 1)
+    axes[0].plot(list(iterations), list(lrs), color="C0")
+    axes[0].set_ylabel("learning rate")
+    if moms is not None:
+        axes[1].plot(list(iterations), list(moms), color="C1")
+        axes[1].set_ylabel("momentum")
+    axes[-1].set_xlabel("iteration")
+    for mark in epoch_marks or []:
+        for ax in axes:
+            ax.axvline(mark, color="0.7", linewidth=0.8, linestyle="--")
+    if title:
+        axes[0].set_title(title)
+    return fig
+
+
+def plot_series(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    n_skip: int = 0,
+    n_skip_end: int = 0,
+    xlabel: str = "",
+    ylabel: str = "",
+    log_x: bool = False,
+) -> Figure:
+    """One curve, skipping ``n_skip`` points at the start and ``n_skip_end`` at the end."""
+    xs, ys = list(xs), list(ys)
+    end = len(xs) - n_skip_end if n_skip_end else len(xs)
+    fig, (ax,) = _figure(1)
+    ax.plot(xs[n_skip:end], ys[n_skip:end])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_x:
+        ax.set_xscale("log")
+    return fig

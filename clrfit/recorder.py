@@ -1,0 +1,159 @@
+"""The recorder: what one fit (or range test) really used and measured.
+
+``learn.sched`` is a :class:`Recorder`. Hyper-parameters are read back from the
+optimizer's param groups after the schedule set them, so they are what the
+optimizer used. Losses are kept on the device and read back in batches
+(``flush_every`` steps, at epoch end, and whenever a list is read), so recording
+adds no per-step host sync.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .callback import Callback
+from .optim import get_momentum
+
+SMOOTHING = 0.98
+
+
+class Recorder(Callback):
+    """History of the last fit: plain lists of floats, plus plots."""
+
+    order = 50  # after the schedule (order 10) has set this batch's values
+    flush_every = 32
+
+    def __init__(self) -> None:
+        self.iterations: list[int] = []
+        self.group_lrs: list[list[float]] = []
+        self.group_moms: list[list[float | None]] = []
+        self.raw_losses_: list[float] = []
+        self.losses_: list[float] = []
+        self.val_losses: list[float] = []
+        self.rec_metrics: list[list[float]] = []
+        self.metric_names: list[str] = []
+        self.epochs: list[int] = []
+        self.avg_loss = 0.0
+        self._pending: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ lists
+    @property
+    def lrs(self) -> list[float]:
+        """Learning rate of the last param group at each iteration."""
+        return [g[-1] for g in self.group_lrs]
+
+    @property
+    def momentums(self) -> list[float | None]:
+        """Momentum (or ``betas[0]``) of the last param group at each iteration."""
+        return [g[-1] for g in self.group_moms]
+
+    @property
+    def raw_losses(self) -> list[float]:
+        """Unsmoothed training loss of each optimizer step."""
+        self.flush()
+        return self.raw_losses_
+
+    @property
+    def losses(self) -> list[float]:
+        """Smoothed training loss: debiased EMA, ``beta = 0.98``."""
+        self.flush()
+        return self.losses_
+
+    # ------------------------------------------------------------------ events
+    def on_batch_begin(self) -> None:
+        groups = self.learn.opt.param_groups
+        self.iterations.append(self.learn.iteration)
+        self.group_lrs.append([float(g["lr"]) for g in groups])
+        self.group_moms.append([get_momentum(g) for g in groups])
+
+    def on_batch_end(self) -> None:
+        loss = self.learn.step_loss
+        self._pending.append(loss if loss is not None else torch.tensor(float("nan")))
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def on_validate_end(self) -> None:
+        self.metric_names = list(self.learn.metric_names)
+        if self.learn.val_loss is not None:
+            self.val_losses.append(self.learn.val_loss)
+            self.rec_metrics.append(list(self.learn.val_metrics))
+
+    def on_epoch_end(self) -> None:
+        self.flush()
+        self.epochs.append(len(self.iterations))
+
+    def on_train_end(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Read pending device losses back to the host (one sync) and smooth them."""
+        if not self._pending:
+            return
+        values = torch.stack([p.detach().float().reshape(()).cpu() for p in self._pending]).tolist()
+        self._pending = []
+        for value in values:
+            self.add_loss(value)
+
+    def add_loss(self, value: float) -> float:
+        """Append one raw loss and its smoothed value; returns the smoothed value."""
+        self.raw_losses_.append(value)
+        self.avg_loss = SMOOTHING * self.avg_loss + (1 - SMOOTHING) * value
+        smooth = self.avg_loss / (1 - SMOOTHING ** len(self.raw_losses_))
+        self.losses_.append(smooth)
+        return smooth
+
+    @property
+    def last_loss(self) -> float:
+        """Smoothed loss of the last step (nan before the first)."""
+        losses = self.losses
+        return losses[-1] if losses else math.nan
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        self.flush()
+        return {
+            "iterations": list(self.iterations),
+            "group_lrs": [list(g) for g in self.group_lrs],
+            "group_moms": [list(g) for g in self.group_moms],
+            "raw_losses": list(self.raw_losses_),
+            "losses": list(self.losses_),
+            "val_losses": list(self.val_losses),
+            "rec_metrics": [list(m) for m in self.rec_metrics],
+            "metric_names": list(self.metric_names),
+            "epochs": list(self.epochs),
+            "avg_loss": self.avg_loss,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = []
+        self.iterations = list(state["iterations"])
+        self.group_lrs = [list(g) for g in state["group_lrs"]]
+        self.group_moms = [list(g) for g in state["group_moms"]]
+        self.raw_losses_ = list(state["raw_losses"])
+        self.losses_ = list(state["losses"])
+        self.val_losses = list(state["val_losses"])
+        self.rec_metrics = [list(m) for m in state["rec_metrics"]]
+        self.metric_names = list(state["metric_names"])
+        self.epochs = list(state["epochs"])
+        self.avg_loss = float(state["avg_loss"])
+
+    # ------------------------------------------------------------------ plots
+    def plot_lr(self, show_epochs: bool = False, title: str | None = None):
+        """lr per iteration, with a momentum panel when momentum varies; returns the Figure."""
+        from .plots import plot_lr_mom
+
+        moms = self.momentums
+        vary = bool(moms) and None not in moms and max(moms) != min(moms)
+        marks = self.epochs if show_epochs else None
+        return plot_lr_mom(self.iterations, self.lrs, moms if vary else None, epoch_marks=marks, title=title)
+
+    def plot_loss(self, n_skip: int = 10, n_skip_end: int = 5):
+        """Smoothed training loss per iteration (skipping the first/last few); returns the Figure."""
+        from .plots import plot_series
+
+        return plot_series(self.iterations, self.losses, n_skip, n_skip_end, xlabel="iteration", ylabel="loss (smoothed)")
+
+    def __repr__(self) -> str:
+        return f"Recorder({len(self.iterations)} iterations, {len(self.val_losses)} validations)"

@@ -1,0 +1,87 @@
+"""The callback that applies a schedule to the optimizer's param groups.
+
+At the start of every optimizer step it evaluates ``schedule(learn.iteration)``
+and writes each group's lr and, when the schedule has one, momentum (``momentum``
+or ``betas[0]``). It also applies weight decay: L2 through the groups'
+``weight_decay`` by default, or, with ``decoupled=True`` (``use_wd_sched``),
+``p -= wd_t * lr_t * p`` just before the optimizer step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .callback import Callback
+from .optim import momentum_key, set_momentum
+from .schedules import Schedule
+
+
+class ParamScheduler(Callback):
+    """Writes ``schedule(iteration)`` into the param groups before each step."""
+
+    order = 10
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        wds: Sequence[float] | None = None,
+        decoupled: bool = False,
+        norm_wds: bool = False,
+        wds_sched_mult: Callable[..., float] | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.wds = None if wds is None else tuple(wds)
+        self.decoupled = decoupled
+        self.norm_wds = norm_wds
+        self.wds_sched_mult = wds_sched_mult
+        self.current_wds: list[float] | None = None
+
+    def on_train_begin(self) -> None:
+        opt = self.learn.opt
+        if self.schedule.has_momentum and momentum_key(opt) is None:
+            raise ValueError(
+                f"this schedule sets momentum but {type(opt).__name__} has neither 'momentum' nor 'betas'; "
+                "use an optimizer with momentum or drop the momentum values from the schedule"
+            )
+        if self.wds is not None:
+            for group, wd in zip(opt.param_groups, self.wds):
+                group["weight_decay"] = 0.0 if self.decoupled else wd
+
+    def on_batch_begin(self) -> None:
+        learn = self.learn
+        t = learn.iteration
+        learn.cycle, learn.iter_in_cycle = self.schedule.position(t)
+        lrs, moms = self.schedule(t)
+        for i, group in enumerate(learn.opt.param_groups):
+            group["lr"] = lrs[i]
+            if moms is not None:
+                set_momentum(group, moms[i])
+        if self.wds is not None and self.decoupled:
+            self.current_wds = self._decoupled_wds()
+
+    def _decoupled_wds(self) -> list[float]:
+        wds = list(self.wds)
+        if self.norm_wds:
+            scale = math.sqrt(self.schedule.cycle_iterations(self.learn.iteration))
+            wds = [wd / scale for wd in wds]
+        if self.wds_sched_mult is not None:
+            mult = float(self.wds_sched_mult(self.learn))
+            wds = [wd * mult for wd in wds]
+        return wds
+
+    @torch.no_grad()
+    def on_backward_end(self) -> None:
+        if self.current_wds is None:
+            return
+        for group, wd in zip(self.learn.opt.param_groups, self.current_wds):
+            if wd == 0:
+                continue
+            factor = wd * group["lr"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                torch._foreach_add_(params, torch._foreach_mul(params, -factor))
+
+    def state_dict(self) -> dict:
+        return {}

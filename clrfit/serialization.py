@@ -1,0 +1,93 @@
+"""Files and random state: atomic writes, safe loads, RNG snapshots."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` with ``torch.save`` atomically: temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def load_state(path: str | Path, device: torch.device | str = "cpu", required: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a file written by :func:`save_state` with ``weights_only=True`` (no pickled code runs).
+
+    A missing, truncated, corrupt or foreign file raises ``ValueError`` naming the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise ValueError(f"{path} is not a readable clrfit/torch state file (corrupt, truncated or foreign): {err}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a clrfit state dict")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a clrfit file of this kind: missing {', '.join(missing)}")
+    return state
+
+
+def get_rng_states() -> dict[str, Any]:
+    """Snapshot of the torch (CPU and CUDA), numpy and python random generators."""
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "python": _python_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(_numpy_state_from_plain(states["numpy"]))
+    random.setstate(_python_state_from_plain(states["python"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# weights_only loading accepts tensors, lists, dicts and scalars, so the
+# numpy/python generator states are stored in those types.
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_plain(state: dict[str, Any]) -> tuple:
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+
+
+def _python_state_to_plain(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _python_state_from_plain(state: dict[str, Any]) -> tuple:
+    return (state["version"], tuple(state["internal"]), state["gauss"])
