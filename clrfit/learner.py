@@ -115,6 +115,7 @@ class Learner:
         self.val_metrics: list[float] = []
         self._metrics = self.metrics
         self.interrupted = self._interrupt_requested = False
+        self.validate_each_epoch = True
         self.resume_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ public fits
@@ -230,6 +231,7 @@ class Learner:
         on_nan: str = "raise",
         fit_args: dict[str, Any] | None = None,
         recorder: Recorder | None = None,
+        validate: bool = True,
     ) -> Recorder:
         """Run ``n_epochs`` epochs applying ``schedule``: the engine behind every ``fit*``."""
         n_epochs = check_int("n_epochs", n_epochs, minimum=1)
@@ -252,6 +254,7 @@ class Learner:
             checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
         fit_callbacks = _check_callbacks("callbacks", callbacks)
         self._reset_counters()
+        self.validate_each_epoch = check_bool("validate", validate)
         self._metrics = list(metrics) if metrics is not None else self.metrics
         self.accumulate = accumulate
         self.nb = self._steps_per_epoch(accumulate)
@@ -324,7 +327,7 @@ class Learner:
             if self._interrupt_requested:
                 self.interrupted = True
                 raise CancelFitException()
-        if self.data.val_dl is not None:
+        if self.data.val_dl is not None and self.validate_each_epoch:
             self._fire("on_validate_begin")
             self.val_loss, self.val_metrics = self.validate()
             self._fire("on_validate_end")
