@@ -227,7 +227,8 @@ class Checkpoint(Callback):
         counters = state["counters"]
         learn.epoch, learn.batch_index, learn.iteration = counters["epoch"], counters["batch_index"], counters["iteration"]
         learn.cycle, learn.iter_in_cycle = counters["cycle"], counters["iter_in_cycle"]
-        if learn.epoch >= learn.n_epochs:  # the fit had finished: nothing left to replay
+        if learn.batch_index == 0 or learn.epoch >= learn.n_epochs:
+            # At an epoch boundary the next data order is still to be drawn: draw it from the saved state.
             set_rng_states(state["rng_states"])
         else:
             learn.resume_state = {"epoch_rng_state": state["epoch_rng_state"], "rng_states": state["rng_states"]}
