@@ -175,6 +175,7 @@ class Checkpoint(Callback):
         self._check_losses()
         self._check_weights(iteration - 1)
         rng = rng if rng is not None else get_rng_states()
+        epoch_rng_state = learn.epoch_rng_state if batch_index > 0 else rng["torch"]
         cycle, iter_in_cycle = _position(learn, iteration)
         state = {
             "clrfit_checkpoint": FORMAT,
@@ -182,8 +183,9 @@ class Checkpoint(Callback):
             "counters": dict(epoch=epoch, batch_index=batch_index, iteration=iteration, cycle=cycle,
                              iter_in_cycle=iter_in_cycle),
             # batch_index 0: the next epoch has not drawn its data order yet; it draws it from the current state.
-            "epoch_rng_state": learn.epoch_rng_state if batch_index > 0 else rng["torch"],
+            "epoch_rng_state": epoch_rng_state,
             "rng_states": rng,
+            "rank_rng": _gather(learn, {"epoch_rng_state": epoch_rng_state, "rng_states": rng}),
             "callbacks": self._callback_states(epochs_done=epoch),
             "setup": self.setup,
         }
@@ -225,6 +227,8 @@ class Checkpoint(Callback):
             )
         _apply(learn, state, path, callbacks=True)
         counters = state["counters"]
+        if state.get("rank_rng"):  # each rank continues its own random streams (dropout differs per rank)
+            state.update(state["rank_rng"][learn.dist.rank])
         learn.epoch, learn.batch_index, learn.iteration = counters["epoch"], counters["batch_index"], counters["iteration"]
         learn.cycle, learn.iter_in_cycle = counters["cycle"], counters["iter_in_cycle"]
         if learn.batch_index == 0 or learn.epoch >= learn.n_epochs:
@@ -237,12 +241,15 @@ class Checkpoint(Callback):
     # ------------------------------------------------------------------ divergence
     def _check_losses(self) -> None:
         losses = self.learn.recorder.raw_losses_  # only what has been read back: no device sync here
-        if self.on_nan != "ignore":
-            for j in range(self.checked, len(losses)):
-                if not math.isfinite(losses[j]):
-                    self.checked = len(losses)
-                    self._diverged(j, f"the training loss is {losses[j]}")
-        self.checked = len(losses)
+        first_new, self.checked = self.checked, len(losses)
+        if self.on_nan == "ignore" or first_new == len(losses):
+            return
+        bad = next((j for j in range(first_new, len(losses)) if not math.isfinite(losses[j])), None)
+        # Every rank reads back at the same steps; all must stop together or the others hang in a collective.
+        if self.learn.dist.any_rank(bad is not None):
+            if bad is None:
+                self._diverged(first_new, "the training loss of another rank is not finite")
+            self._diverged(bad, f"the training loss is {losses[bad]}")
 
     def _check_weights(self, step: int) -> None:
         if self.on_nan == "ignore":
@@ -302,6 +309,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         problems.append("epoch_rng_state is not a torch RNG state (uint8 tensor)")
     if isinstance(state["rng_states"], dict) and not {"torch", "numpy", "python"} <= set(state["rng_states"]):
         problems.append("rng_states lacks torch/numpy/python")
+    rank_rng = state.get("rank_rng")
+    if rank_rng is not None and not (isinstance(rank_rng, list) and all(
+            isinstance(r, dict) and {"epoch_rng_state", "rng_states"} <= set(r) for r in rank_rng)):
+        problems.append("rank_rng is not a list of per-rank RNG states")
     if problems:
         raise ValueError(f"{path} is not a usable clrfit checkpoint: {'; '.join(problems)}")
     return state
@@ -397,6 +408,18 @@ def _load_callback_states(learn: "Learner", states: dict[str, Any]) -> None:
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
         if key in states:
             cb.load_state_dict(states[key])
+
+
+def _gather(learn: "Learner", value: Any) -> list[Any] | None:
+    """``value`` of every rank, in rank order (``None`` when not distributed)."""
+    import torch.distributed as dist
+
+    if not learn.dist.enabled or not dist.is_initialized():
+        return None
+
+    values: list[Any] = [None] * learn.dist.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def _position(learn: "Learner", iteration: int) -> tuple[int, int]:

@@ -341,6 +341,9 @@ class FakeDist(DistributedContext):
     def all_reduce_sum(self, tensor):
         return tensor
 
+    def any_rank(self, flag: bool) -> bool:
+        return bool(flag)
+
     def barrier(self) -> None:
         self.barriers += 1
 
