@@ -364,7 +364,7 @@ class Learner:
             yield group
 
     def _one_step(self, micro_batches: list[Any]) -> None:
-        self._fire("on_batch_begin")
+        # on_batch_begin / on_batch_end are fired by _scope("batch", ...), once each.
         n = len(micro_batches)
         total = None
         for j, batch in enumerate(micro_batches):
@@ -382,7 +382,6 @@ class Learner:
         self.precision.step(self.opt)
         self._fire("on_step_end")
         self.opt.zero_grad(set_to_none=True)
-        self._fire("on_batch_end")
 
     def _to_device(self, batch: Any) -> tuple[Any, torch.Tensor]:
         xb, yb = batch[0], batch[1]
