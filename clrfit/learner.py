@@ -321,9 +321,13 @@ class Learner:
         self.train_model.train()
         self.val_loss, self.val_metrics = None, []
         for micro_batches in self._epoch_steps():
-            self._scope("batch", functools.partial(self._one_step, micro_batches), CancelBatchException)
-            self.iteration += 1
-            self.batch_index += 1
+            try:
+                self._scope("batch", functools.partial(self._one_step, micro_batches), CancelBatchException)
+            finally:
+                # A batch that began counts as an iteration, however it ended, so the
+                # schedule never replays a position.
+                self.iteration += 1
+                self.batch_index += 1
             if self._interrupt_requested:
                 self.interrupted = True
                 raise CancelFitException()
@@ -364,7 +368,6 @@ class Learner:
             yield group
 
     def _one_step(self, micro_batches: list[Any]) -> None:
-        self._fire("on_batch_begin")
         n = len(micro_batches)
         total = None
         for j, batch in enumerate(micro_batches):
@@ -382,7 +385,6 @@ class Learner:
         self.precision.step(self.opt)
         self._fire("on_step_end")
         self.opt.zero_grad(set_to_none=True)
-        self._fire("on_batch_end")
 
     def _to_device(self, batch: Any) -> tuple[Any, torch.Tensor]:
         xb, yb = batch[0], batch[1]
@@ -500,7 +502,9 @@ def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Ca
 
 
 def _overrides(cb: Callback, event: str) -> bool:
-    return getattr(type(cb), event) is not getattr(Callback, event)
+    """Whether ``cb`` does something on ``event`` (no-op base hooks are skipped in the hot loop)."""
+    handler = getattr(cb, event)
+    return getattr(handler, "__func__", handler) is not getattr(Callback, event)
 
 
 def _move(x: Any, device: torch.device, non_blocking: bool) -> Any:
