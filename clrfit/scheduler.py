@@ -62,8 +62,12 @@ class ParamScheduler(Callback):
     def on_train_begin(self) -> None:
         self.check(self.learn.opt)
         if self.wds is not None:
+            # Like lr, wds are written into the groups and stay there after the fit.
             for group, wd in zip(self.learn.opt.param_groups, self.wds):
-                group["weight_decay"] = 0.0 if self.decoupled else wd
+                if not self.decoupled:
+                    group["weight_decay"] = wd
+                elif "weight_decay" in group:
+                    group["weight_decay"] = 0.0
 
     def on_batch_begin(self) -> None:
         learn = self.learn

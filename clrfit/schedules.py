@@ -455,7 +455,7 @@ class LRSweep(Schedule):
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         start = self.start_lrs[-1]
-        frac = t / (self.total - 1)
+        frac = t / (self.total - 1) if self.total > 1 else 0.0
         if self.linear:
             last = start + (self.end_lr - start) * frac
         else:
