@@ -378,7 +378,14 @@ def test_adam_state_and_hyper_params_restored():
     learn = make_learner(opt_fn=lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01))
     learn.fit(0.01, 1, cycle_len=1, use_clr_beta=(10, 10, 0.95, 0.85))  # leaves betas[0] at 0.95
     before = capture(learn)
-    learn.lr_find2(end_lr=1.0, num_it=10, wds=0.1)
+    seen = []
+
+    class WdSpy(Callback):
+        def on_backward_end(self) -> None:
+            seen.append(self.learn.opt.param_groups[0]["weight_decay"])
+
+    learn.lr_find2(end_lr=1.0, num_it=10, wds=0.1, callbacks=[WdSpy()])
+    assert seen == [0.1] * 10  # wds applies during the test only
     assert_restored(learn, before, sched_is_previous=False)
     assert learn.opt.param_groups[0]["betas"] == (0.95, 0.99)
     assert learn.opt.param_groups[0]["weight_decay"] == 0.01
