@@ -262,6 +262,9 @@ class Learner:
         if checkpoint_every is not None:
             checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
         fit_callbacks = _check_callbacks("callbacks", callbacks)
+        from .checkpoint import checkpoint_callbacks  # validates checkpoint= before any state changes
+
+        fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)
         self._reset_counters()
         self.validate_each_epoch = check_bool("validate", validate)
         self._metrics = list(metrics) if metrics is not None else self.metrics
@@ -277,10 +280,6 @@ class Learner:
         cbs = [ParamScheduler(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult), self.recorder]
         if self.progress or self.table:
             cbs.append(ProgressCallback(bar=self.progress, table=self.table))
-        if checkpoint is not None or on_nan != "ignore":
-            from .checkpoint import checkpoint_callbacks
-
-            cbs.extend(checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan))
         self._run(cbs + self.callbacks + fit_callbacks)
         return self.recorder
 
@@ -342,6 +341,10 @@ class Learner:
         if self.data.val_dl is not None and self.validate_each_epoch:
             self._fire("on_validate_begin")
             self.val_loss, self.val_metrics = self.validate()
+            if self._interrupt_requested:  # a partial validation is no result: stop before recording it
+                self.val_loss, self.val_metrics = None, []
+                self.interrupted = True
+                raise CancelFitException()
             self._fire("on_validate_end")
 
     def _epoch_steps(self) -> Iterator[list[Any]]:
@@ -360,7 +363,8 @@ class Learner:
         self.epoch_rng_state = torch.get_rng_state()
         batches = iter(dl)
         for _ in range(self.batch_index * self.accumulate):
-            next(batches)
+            if next(batches, None) is None:  # resuming at an epoch's end (a short last step)
+                break
         if resume is not None:
             from .serialization import set_rng_states
 
@@ -477,7 +481,7 @@ class Learner:
             self.model.load_state_dict(state["model"])
             if with_opt and "opt" in state:
                 self.opt.load_state_dict(state["opt"])
-        except (RuntimeError, ValueError, KeyError) as err:
+        except Exception as err:  # whatever the file holds, the learner must come back unchanged
             self.model.load_state_dict(model_before)
             self.opt.load_state_dict(opt_before)
             raise ValueError(f"load: {path} does not fit this learner's model/optimizer: {err}") from None
