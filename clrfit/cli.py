@@ -286,8 +286,6 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     """Plot a schedule over ``--iterations`` with ``clrfit.schedules.preview`` (no training)."""
-    from .schedules import preview
-
     cyclic_only = {"--step-size-up": args.step_size_up, "--step-size-down": args.step_size_down,
                    "--mode": args.mode, "--gamma": args.gamma}
     one_cycle_only = {"--pct-start": args.pct_start, "--anneal-strategy": args.anneal_strategy}
@@ -306,6 +304,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         for key in ("pct_start", "anneal_strategy"):
             if getattr(args, key) is not None:
                 one_cycle[key] = getattr(args, key)
+    from .schedules import preview
+
     values = preview(args.iterations, args.lr, use_clr=args.use_clr, use_clr_beta=args.use_clr_beta,
                      cycle_mult=args.cycle_mult, n_cycle=args.n_cycle, cyclic=cyclic, one_cycle=one_cycle)
     lrs = list(values.lrs)

@@ -27,13 +27,14 @@ def tiny_data(monkeypatch, cache):
     """Every dataset request gets a small MNIST-1D (generated once per module into a tmp cache)."""
     monkeypatch.setenv("CLRFIT_CACHE_DIR", str(cache))
     calls = []
+    real_mnist1d = datasets.mnist1d
 
     def fake_get_data(name, path=None, bs=128, **kw):
         calls.append(dict(name=name, path=path, bs=bs, **kw))
-        return datasets.mnist1d(n_train=256, n_valid=128, bs=bs, cache_dir=cache)
+        return real_mnist1d(n_train=256, n_valid=128, bs=bs, cache_dir=cache)
 
     def fake_mnist1d(bs=128, **kw):
-        return datasets.mnist1d(n_train=512, n_valid=256, bs=bs, cache_dir=cache)
+        return real_mnist1d(n_train=512, n_valid=256, bs=bs, cache_dir=cache)
 
     monkeypatch.setattr(datasets, "get_data", fake_get_data)
     monkeypatch.setattr(datasets, "mnist1d", fake_mnist1d)
@@ -86,7 +87,7 @@ def one_line_error(err: str) -> str:
     (["schedule", "--pct-start", "0.3"], "--pct-start"),
     (["schedule", "--use-clr-beta", "10,13.68,0.95"], "--use-clr-beta"),
     (["demo", "--seed", "-3"], "--seed"),
-    (["train"], "command"),
+    (["train"], "COMMAND"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_the_option(argv, option, capsys):
     code, out, err = run(argv, capsys)
