@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     demo.add_argument("--quick", action="store_true", help="fewer iterations and epochs (a smoke test)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch table stays)")
+    demo.add_argument("--threads", type=_positive_int, default=1,
+                      help="torch intra-op threads (default 1: the small CNN gains nothing from more, "
+                           "and on a busy machine extra threads slow it down many times)")
     demo.set_defaults(func=cmd_demo)
 
     fit = sub.add_parser("fit", help="train a built-in model on a built-in or torchvision dataset",
@@ -194,6 +197,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch table stays)")
+    p.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's choice)")
 
 
 # --------------------------------------------------------------------------- commands
@@ -208,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    _seed(args.seed)
+    _setup(args)
     epochs, num_it = (2, 50) if args.quick else (8, 100)
     data = mnist1d(bs=128)
     print(f"MNIST-1D: {len(data.trn_ds)} training / {len(data.val_ds)} validation signals of length 40")
@@ -216,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print(f"\n1. LR range test: learn.lr_find2(num_it={num_it})")
     s = learn.lr_find2(start_lr=1e-5, end_lr=10, num_it=num_it)
-    print(format_suggestions(s))
+    print(s)
     _save(learn.sched.plot(), out / "lr_find.png")
     max_lr, div = _demo_bounds(s)
 
@@ -278,7 +282,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     learn = _learner(args)
     s = learn.lr_find2(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, wds=args.wds,
                        linear=args.linear, stop_dv=not args.no_stop_dv)
-    print(format_suggestions(s))
+    print(s)
     _save(learn.sched.plot(), args.output)
     print(f"wrote {args.output}")
     return 0
@@ -322,24 +326,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def format_suggestions(s: Any) -> str:
-    """The range test's suggestions as a few aligned lines."""
-    bounds = getattr(s, "clr_bounds", None)
-    lines = ["LR suggestions:"]
-    for name, why in (("minimum", "lr at the loss minimum / 10"), ("steep", "steepest descent of the loss"),
-                      ("valley", "middle of the longest descent")):
-        lines.append(f"  {name:<8} {_fmt(getattr(s, name, None))}  ({why})")
-    if bounds is not None:
-        lines.append(f"  clr_bounds base_lr {_fmt(getattr(bounds, 'base_lr', None))}, "
-                     f"max_lr {_fmt(getattr(bounds, 'max_lr', None))}, div {_fmt(getattr(bounds, 'div', None))}")
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    v = _as_float(value)
-    return "n/a" if v is None or math.isnan(v) else f"{v:.3g}"
-
-
 def _as_float(value: Any) -> float | None:
     try:
         return None if value is None else float(value)
@@ -357,7 +343,7 @@ def _learner(args: argparse.Namespace, precision: dict | None = None, metrics: S
     if (arch == "cnn1d") != (len(shape) == 2):
         want = "cnn1d" if len(shape) == 2 else "resnet20 or resnet56"
         raise CliError(f"argument --arch: {arch} does not fit --dataset {args.dataset}; use --arch {want}")
-    _seed(args.seed)
+    _setup(args)
     kwargs: dict[str, Any] = dict(num_workers=args.num_workers) if args.dataset != "mnist1d" else {}
     if args.download:
         kwargs["download"] = True
@@ -378,10 +364,14 @@ def _opt_fn(name: str) -> Callable:
     return functools.partial(torch.optim.AdamW, weight_decay=0.0)
 
 
-def _seed(seed: int) -> None:
+def _setup(args: argparse.Namespace) -> None:
+    """Seed every generator and set torch's thread count."""
     import numpy as np
     import torch
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    seed = args.seed
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
