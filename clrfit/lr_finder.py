@@ -113,9 +113,10 @@ class RangeTestRecorder(Recorder):
             batch, self._first_val_batch = self._first_val_batch, None
         else:
             batch = self._next_val_batch(restart=True)
-        model = learn.train_model
+        model = learn.eval_model
         was_training = model.training
         model.eval()
+        learn.dist.broadcast_buffers(learn.model)  # as in learn.validate: rank 0's BatchNorm statistics
         try:
             xb, yb = learn._to_device(batch)
             with learn.precision.autocast():
@@ -304,9 +305,8 @@ class LearnerSnapshot:
                 copies[id(t)] = _host_copy(t)
             return copies[id(t)]
 
-        modules = list(learn.train_model.modules())
-        if learn.train_model is not learn.model:
-            modules += list(learn.model.modules())
+        modules = list({id(m): m for model in (learn.train_model, learn.eval_model, learn.model)
+                        for m in model.modules()}.values())
         self.modes = [(m, m.training) for m in modules]
         # Tensors are put back into the very objects the model held (the optimizer refers to them).
         self.tensors = [(slots, name, t, None if t is None else keep(t))

@@ -378,7 +378,14 @@ def test_adam_state_and_hyper_params_restored():
     learn = make_learner(opt_fn=lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01))
     learn.fit(0.01, 1, cycle_len=1, use_clr_beta=(10, 10, 0.95, 0.85))  # leaves betas[0] at 0.95
     before = capture(learn)
-    learn.lr_find2(end_lr=1.0, num_it=10, wds=0.1)
+    seen = []
+
+    class WdSpy(Callback):
+        def on_backward_end(self) -> None:
+            seen.append(self.learn.opt.param_groups[0]["weight_decay"])
+
+    learn.lr_find2(end_lr=1.0, num_it=10, wds=0.1, callbacks=[WdSpy()])
+    assert seen == [0.1] * 10  # wds applies during the test only
     assert_restored(learn, before, sched_is_previous=False)
     assert learn.opt.param_groups[0]["betas"] == (0.95, 0.99)
     assert learn.opt.param_groups[0]["weight_decay"] == 0.01
@@ -567,3 +574,24 @@ def test_plot_rejects_skips_that_leave_no_points():
     learn.lr_find2(end_lr=1.0, num_it=10)
     with pytest.raises(ValueError, match="n_skip"):
         learn.sched.plot(n_skip=6, n_skip_end=3)
+
+
+@pytest.mark.slow
+def test_mnist1d_lr_find2_suggests_bounds_that_train(tmp_path, monkeypatch):
+    """End to end on MNIST-1D: lr_find2, its plot, and a 1cycle fit with the suggested CLR bounds."""
+    from clrfit.datasets import mnist1d
+    from clrfit.models import mnist1d_cnn
+
+    monkeypatch.setenv("CLRFIT_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    learn = Learner(mnist1d_cnn(), mnist1d(), metrics=[accuracy], progress=False, table=False)
+    before = capture(learn)
+    s = learn.lr_find2(num_it=100)
+    assert_restored(learn, before, sched_is_previous=False)
+    assert s.notes == {} and all(math.isfinite(v) for v in s.as_dict().values())
+    b = s.clr_bounds
+    assert 1e-5 < b.base_lr < b.max_lr < 10 and b.div > 1
+    fig = learn.sched.plot()
+    assert len(fig.axes) == 3
+    learn.fit(b.max_lr, 1, cycle_len=2, use_clr_beta=(b.div, 10, 0.95, 0.85))
+    assert learn.recorder.rec_metrics[-1][0] > 0.3  # chance is 0.1
