@@ -18,6 +18,8 @@ key                    contents
                        ``iter_in_cycle`` (position of the next step)
 ``epoch_rng_state``    torch CPU RNG state from which that epoch's data order is drawn
 ``rng_states``         torch, CUDA, numpy and python RNG states at that point
+``loader_generators``  states of the data loaders' own torch generators, if any
+``rank_rng``           under DDP: the three entries above for every rank
 ``callbacks``          ``state_dict()`` of every stateful callback (the recorder's
                        history: lrs, momentums, losses, validation results)
 ``setup``              the fit's arguments and the shape of the run (steps per
@@ -67,7 +69,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
 
 FORMAT = 1
-KEYS = ("clrfit_checkpoint", "model", "opt", "precision", "counters", "epoch_rng_state", "rng_states", "callbacks", "setup")
+KEYS = ("clrfit_checkpoint", "model", "opt", "precision", "counters", "epoch_rng_state", "rng_states",
+        "loader_generators", "callbacks", "setup")
 COUNTERS = ("epoch", "batch_index", "iteration", "cycle", "iter_in_cycle")
 ON_NAN = ("raise", "restore", "ignore")
 
@@ -124,6 +127,7 @@ class Checkpoint(Callback):
         self.checked = 0  # recorded losses already checked for divergence
         self.start_state: dict[str, Any] | None = None
         self.validation_rng: tuple[int, dict[str, Any]] | None = None
+        self.epoch_generators: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ events
     def on_train_begin(self) -> None:
@@ -145,6 +149,10 @@ class Checkpoint(Callback):
         # The last step of an epoch is saved at the epoch's end, after validation.
         if self.every is not None and done < learn.nb and (learn.iteration + 1) % self.every == 0:
             self._save(learn.epoch, done, learn.iteration + 1)
+
+    def on_epoch_begin(self) -> None:
+        if self.path is not None:  # loaders with their own generator replay the epoch from these states
+            self.epoch_generators = [g.get_state() for g in loader_generators(self.learn)]
 
     def on_validate_begin(self) -> None:
         if self.path is not None:  # an interrupted validation is redone on resume from this point
@@ -176,6 +184,7 @@ class Checkpoint(Callback):
         self._check_weights(iteration - 1)
         rng = rng if rng is not None else get_rng_states()
         epoch_rng_state = learn.epoch_rng_state if batch_index > 0 else rng["torch"]
+        generators = self.epoch_generators if batch_index > 0 else [g.get_state() for g in loader_generators(learn)]
         cycle, iter_in_cycle = _position(learn, iteration)
         state = {
             "clrfit_checkpoint": FORMAT,
@@ -185,7 +194,9 @@ class Checkpoint(Callback):
             # batch_index 0: the next epoch has not drawn its data order yet; it draws it from the current state.
             "epoch_rng_state": epoch_rng_state,
             "rng_states": rng,
-            "rank_rng": _gather(learn, {"epoch_rng_state": epoch_rng_state, "rng_states": rng}),
+            "loader_generators": generators,
+            "rank_rng": _gather(learn, {"epoch_rng_state": epoch_rng_state, "rng_states": rng,
+                                        "loader_generators": generators}),
             "callbacks": self._callback_states(epochs_done=epoch),
             "setup": self.setup,
         }
@@ -231,6 +242,8 @@ class Checkpoint(Callback):
             state.update(state["rank_rng"][learn.dist.rank])
         learn.epoch, learn.batch_index, learn.iteration = counters["epoch"], counters["batch_index"], counters["iteration"]
         learn.cycle, learn.iter_in_cycle = counters["cycle"], counters["iter_in_cycle"]
+        for g, g_state in zip(loader_generators(learn), state["loader_generators"]):  # count checked in setup
+            g.set_state(g_state)
         if learn.batch_index == 0 or learn.epoch >= learn.n_epochs:
             # At an epoch boundary the next data order is still to be drawn: draw it from the saved state.
             set_rng_states(state["rng_states"])
@@ -309,9 +322,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         problems.append("epoch_rng_state is not a torch RNG state (uint8 tensor)")
     if isinstance(state["rng_states"], dict) and not {"torch", "numpy", "python"} <= set(state["rng_states"]):
         problems.append("rng_states lacks torch/numpy/python")
+    if not isinstance(state["loader_generators"], list) or not all(
+            isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in state["loader_generators"]):
+        problems.append("loader_generators is not a list of generator states (uint8 tensors)")
     rank_rng = state.get("rank_rng")
     if rank_rng is not None and not (isinstance(rank_rng, list) and all(
-            isinstance(r, dict) and {"epoch_rng_state", "rng_states"} <= set(r) for r in rank_rng)):
+            isinstance(r, dict) and {"epoch_rng_state", "rng_states", "loader_generators"} <= set(r) for r in rank_rng)):
         problems.append("rank_rng is not a list of per-rank RNG states")
     if problems:
         raise ValueError(f"{path} is not a usable clrfit checkpoint: {'; '.join(problems)}")
@@ -334,6 +350,7 @@ def run_setup(learn: "Learner", callback_states: dict[str, Any] | None = None) -
         param_groups=learn.n_groups,
         precision=learn.precision.name,
         world_size=learn.dist.world_size,
+        loader_generators=len(loader_generators(learn)),
         stateful_callbacks=tuple(sorted(callback_states or {})),
     )
     return setup
@@ -408,6 +425,19 @@ def _load_callback_states(learn: "Learner", states: dict[str, Any]) -> None:
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
         if key in states:
             cb.load_state_dict(states[key])
+
+
+def loader_generators(learn: "Learner") -> list[torch.Generator]:
+    """The loaders' own ``torch.Generator``s (a loader shuffling with one does not draw from the global RNG)."""
+    found: dict[int, torch.Generator] = {}
+    for dl in (learn.data.trn_dl, learn.data.val_dl):
+        if dl is None:
+            continue
+        for owner in (dl, getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
+            g = getattr(owner, "generator", None)
+            if isinstance(g, torch.Generator):
+                found[id(g)] = g
+    return list(found.values())
 
 
 def _gather(learn: "Learner", value: Any) -> list[Any] | None:

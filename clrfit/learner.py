@@ -69,6 +69,16 @@ class Learner:
             raise TypeError(f"data must be a clrfit.ModelData; got {type(data).__name__}")
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("model has no trainable parameters (requires_grad=True); there is nothing to train")
+        # Every argument is checked before the model is moved or anything is built.
+        precision_name = resolve_precision(fp16, precision)
+        check_bool("progress", progress)
+        check_bool("table", table)
+        callbacks = _check_callbacks("callbacks", callbacks)
+        for name, fn in (("opt_fn", opt_fn), ("crit", crit)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None; got {fn!r}")
+        _check_metrics(metrics)
+        groups = _param_groups(model, layer_groups)
         self.dist = from_environment()
         self.device = _resolve_device(device, self.dist.local_rank)
         self.channels_last = uses_channels_last(model, self.device)
@@ -79,9 +89,9 @@ class Learner:
         self.callbacks = list(callbacks or [])
         self.path = Path(path)
         self.progress, self.table = check_bool("progress", progress), check_bool("table", table)
-        self.precision = Precision(resolve_precision(fp16, precision), self.device)
+        self.precision = Precision(precision_name, self.device)
         self.opt_fn = opt_fn or default_opt_fn
-        self.opt = self.opt_fn(_param_groups(model, layer_groups), lr=1e-3)
+        self.opt = self.opt_fn(groups, lr=1e-3)
         if not isinstance(self.opt, torch.optim.Optimizer):
             raise TypeError(f"opt_fn must return a torch.optim.Optimizer; got {type(self.opt).__name__}")
         self.train_model: nn.Module = self.dist.wrap(self.model, self.device)
@@ -262,6 +272,7 @@ class Learner:
         if checkpoint_every is not None:
             checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
         fit_callbacks = _check_callbacks("callbacks", callbacks)
+        _check_metrics(metrics)
         from .checkpoint import checkpoint_callbacks  # validates checkpoint= before any state changes
 
         fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)
@@ -529,6 +540,11 @@ def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Ca
         if not isinstance(cb, Callback):
             raise TypeError(f"{name} must hold clrfit.Callback instances; got {type(cb).__name__}")
     return callbacks
+
+
+def _check_metrics(metrics: Sequence[Callable] | None) -> None:
+    if metrics is not None and (isinstance(metrics, (str, bytes)) or not all(callable(m) for m in metrics)):
+        raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
 
 
 def _overrides(cb: Callback, event: str) -> bool:

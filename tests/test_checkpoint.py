@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 import clrfit.checkpoint as checkpoint_module
 from clrfit import Callback, Learner, ModelData
@@ -473,3 +474,29 @@ def test_one_cycle_restore_keeps_schedule_position(tmp_path):
     expected = one_cycle_schedule(1, 0.01, 12).values()
     assert resumed.sched.lrs == expected.lrs and resumed.sched.momentums == expected.momentums
     assert resumed.sched.iterations == list(range(12))
+
+
+def test_loaders_with_their_own_generators_resume_exactly(tmp_path):
+    """A loader shuffling with its own torch.Generator does not draw from the global RNG: its state is saved too."""
+
+    def build_with_generators() -> Learner:
+        learn = build()
+        trn, val = learn.data.trn_dl, learn.data.val_dl
+        learn.data = ModelData(
+            DataLoader(trn.dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5)),
+            DataLoader(val.dataset, batch_size=8, generator=torch.Generator().manual_seed(6)))
+        return learn
+
+    def fit(learn, **kw):
+        learn.fit(0.1, 1, cycle_len=3, use_clr_beta=(10, 13.68, 0.95, 0.85), callbacks=[NoisyDropout(), *kw.pop("cbs", [])], **kw)
+        return learn
+
+    reference = fit(build_with_generators())
+    for k in (4, 8, 11):
+        ckpt = tmp_path / f"{k}.ckpt"
+        with pytest.raises(KeyboardInterrupt):
+            fit(build_with_generators(), checkpoint=ckpt, cbs=[InterruptAt(k)])
+        assert len(read_checkpoint(ckpt)["loader_generators"]) == 2
+        assert_same_run(reference, fit(build_with_generators(), checkpoint=ckpt, resume=True))
+    with pytest.raises(ValueError, match="loader_generators: 2 in the checkpoint, 0 now"):
+        run("clr_beta", checkpoint=tmp_path / "4.ckpt", resume=True)
