@@ -47,8 +47,20 @@ def run(bs: int, accumulate: int = 1, batchnorm: bool = False) -> dict:
     }
 
 
+def run_finder(bs: int) -> dict:
+    """An lr_find2 sweep that diverges; returns where it stopped and whether the weights came back."""
+    learn = Learner(make_model(), make_data(bs), metrics=[accuracy], progress=False, table=False)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    learn.lr_find2(start_lr=1e-3, end_lr=1e4, num_it=40)
+    rec = learn.sched
+    return {"iterations": rec.iterations, "lrs": rec.lrs, "raw_losses": rec.raw_losses, "diverged": rec.diverged,
+            "val_losses": rec.val_losses,
+            "restored": all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))}
+
+
 def main(out: str, bs: int) -> None:
-    results = {"plain": run(bs), "accumulate": run(bs, accumulate=2), "batchnorm": run(bs, batchnorm=True)}
+    results = {"plain": run(bs), "accumulate": run(bs, accumulate=2), "batchnorm": run(bs, batchnorm=True),
+               "finder": run_finder(bs)}
     rank = torch.distributed.get_rank()
     torch.save(results, Path(out) / f"rank{rank}.pt")
 
