@@ -195,7 +195,8 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path, monkeypatch):
     for name in TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     worker = _load_worker()
-    for key, global_bs, kwargs in (("plain", world * bs, {}), ("accumulate", 2 * world * bs, {})):
+    runs = (("plain", world * bs, {}), ("accumulate", 2 * world * bs, {}), ("compiled", world * bs, {}))
+    for key, global_bs, kwargs in runs:
         single = worker.run(global_bs, **kwargs)
         r0, r1 = ranks[0][key], ranks[1][key]
         assert r0["nb"] == r1["nb"] == single["nb"]
@@ -212,6 +213,7 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path, monkeypatch):
             torch.tensor(single["metrics"]).flatten().tolist(), abs=1e-6)
         assert (r0["is_main"], r1["is_main"]) == (True, False)
         assert r0["train_model"] == "DistributedDataParallel"
+        assert r0["compiled"] is (key == "compiled")  # torch.compile(DDP(model))
         # any_rank: rank 1 alone raised the flag, and both ranks agree.
         assert r0["any_rank"] is r1["any_rank"] is True
         assert r0["none_rank"] is r1["none_rank"] is False
