@@ -566,3 +566,26 @@ def test_ddp_kill_and_resume_equals_an_uninterrupted_ddp_run(tmp_path):
         assert resumed["losses"] == reference["losses"] and resumed["lrs"] == reference["lrs"]
         assert all(torch.equal(v, resumed["weights"][k]) for k, v in reference["weights"].items())
         assert resumed["is_main"] == (rank == 0)
+
+
+def test_fp16_gradient_scaler_state_is_resumed(tmp_path):
+    def build_fp16() -> Learner:
+        learn = build()
+        learn = Learner(learn.model, learn.data, precision="fp16", progress=False, table=False)
+        learn.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=4)
+        return learn
+
+    def fit(learn, **kw):
+        learn.fit(0.1, 1, cycle_len=3, use_clr_beta=(10, 13.68, 0.95, 0.85), callbacks=[NoisyDropout(), *kw.pop("cbs", [])],
+                  **kw)
+        return learn
+
+    reference = fit(build_fp16())
+    assert reference.precision.scaler.get_scale() == 2.0 ** (10 + 18 // 4)  # it grew: its state matters
+    ckpt = tmp_path / "c.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_fp16(), checkpoint=ckpt, cbs=[InterruptAt(8)])
+    assert read_checkpoint(ckpt)["precision"]["scaler"]["scale"] == 2.0 ** (10 + 9 // 4)
+    resumed = fit(build_fp16(), checkpoint=ckpt, resume=True)
+    assert resumed.precision.state_dict() == reference.precision.state_dict()
+    assert_same_run(reference, resumed)
