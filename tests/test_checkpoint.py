@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 import clrfit.checkpoint as checkpoint_module
 from clrfit import Callback, Learner, ModelData
-from clrfit.checkpoint import DivergenceError, read_checkpoint
+from clrfit import DivergenceError
+from clrfit.checkpoint import read_checkpoint
 from clrfit.distributed import DistributedContext
 from clrfit.schedules import OneCycle, fit_schedule, one_cycle_schedule
 from clrfit.serialization import temp_files
@@ -164,16 +165,17 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, name, every, 
     assert_same_run(reference, resumed)
 
 
-def test_resume_in_process_after_every_possible_stop(tmp_path):
+@pytest.mark.parametrize("name", ["clr_beta", "one_cycle_adam_accumulate"])
+def test_resume_in_process_after_every_possible_stop(tmp_path, name):
     """Stop (Ctrl-C style) after each step k of a short run, resume, and compare with the full run."""
-    reference = run("clr_beta")
+    reference = run(name)
     total = len(reference.sched.iterations)
     for k in range(1, total):
         ckpt = tmp_path / f"k{k}.ckpt"
         with pytest.raises(KeyboardInterrupt):
-            run("clr_beta", checkpoint=ckpt, callbacks=[InterruptAt(k - 1)])
+            run(name, checkpoint=ckpt, callbacks=[InterruptAt(k - 1)])
         assert read_checkpoint(ckpt)["counters"]["iteration"] == k
-        assert_same_run(reference, run("clr_beta", checkpoint=ckpt, resume=True))
+        assert_same_run(reference, run(name, checkpoint=ckpt, resume=True))
 
 
 class InterruptAt(Callback):
