@@ -33,7 +33,9 @@ any other exception           everything                                        
                                                                                 exception propagates
 ============================  ================================================  ==========================
 
-``on_train_end`` fires exactly once per fit, whatever happened.
+``on_train_end`` fires exactly once per fit, whatever happened. A batch that
+began counts as an iteration however it ended (``learn.iteration`` advances), so
+a schedule never replays a position.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from .callback import (
     CancelFitException,
 )
 from .data import ModelData
-from .distributed import from_environment
+from .distributed import from_environment, uses_channels_last
 from .metrics import metric_name
 from .precision import Precision, resolve_precision
 from .progress import ProgressCallback
@@ -71,8 +71,9 @@ class Learner:
             raise ValueError("model has no trainable parameters (requires_grad=True); there is nothing to train")
         self.dist = from_environment()
         self.device = _resolve_device(device, self.dist.local_rank)
-        self.model = model.to(self.device)
-        self.data = data
+        self.channels_last = uses_channels_last(model, self.device)
+        self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
+        self.data = self.dist.shard_data(data)
         self.crit = crit if crit is not None else nn.CrossEntropyLoss()
         self.metrics = list(metrics or [])
         self.callbacks = list(callbacks or [])
@@ -84,6 +85,8 @@ class Learner:
         if not isinstance(self.opt, torch.optim.Optimizer):
             raise TypeError(f"opt_fn must return a torch.optim.Optimizer; got {type(self.opt).__name__}")
         self.train_model: nn.Module = self.dist.wrap(self.model, self.device)
+        self.eval_model: nn.Module = self.model  # validation needs no DDP: it never runs backward
+        self._wrapped_model, self._compiled_models = self.train_model, {}
         self.recorder = Recorder()
         self.sched: Recorder = self.recorder
         self._reset_counters()
@@ -224,7 +227,7 @@ class Learner:
         norm_wds: bool = False,
         wds_sched_mult: Callable[["Learner"], float] | None = None,
         accumulate: int = 1,
-        compile: bool = False,
+        compile: bool | str = False,
         checkpoint: str | Path | None = None,
         checkpoint_every: int | None = None,
         resume: bool = False,
@@ -233,12 +236,18 @@ class Learner:
         recorder: Recorder | None = None,
         validate: bool = True,
     ) -> Recorder:
-        """Run ``n_epochs`` epochs applying ``schedule``: the engine behind every ``fit*``."""
+        """Run ``n_epochs`` epochs applying ``schedule``: the engine behind every ``fit*``.
+
+        ``accumulate=k``: one optimizer step (one iteration of the schedule) is k
+        micro-batches, each backpropagating ``loss / k``. ``compile``: ``True``
+        runs the model through ``torch.compile`` (inductor), a string names
+        another torch.compile backend (e.g. ``"aot_eager"``).
+        """
         n_epochs = check_int("n_epochs", n_epochs, minimum=1)
         accumulate = check_int("accumulate", accumulate, minimum=1)
         check_bool("use_wd_sched", use_wd_sched)
         check_bool("norm_wds", norm_wds)
-        check_bool("compile", compile)
+        compile_backend = _compile_backend(compile)
         check_bool("resume", resume)
         check_choice("on_nan", on_nan, ("raise", "restore", "ignore"))
         if wds_sched_mult is not None and not callable(wds_sched_mult):
@@ -261,8 +270,7 @@ class Learner:
         self.n_epochs = n_epochs
         self.fit_args = dict(fit_args or {}, n_epochs=n_epochs, accumulate=accumulate, wds=group_wds,
                              use_wd_sched=use_wd_sched, norm_wds=norm_wds)
-        if compile:
-            self.train_model = _compiled(self.dist.wrap(self.model, self.device))
+        self.train_model, self.eval_model = self._models(compile_backend)
         self.recorder = recorder or Recorder()
         self.recorder.flush_every = 1 if self.device.type == "cpu" else Recorder.flush_every
         self.sched = self.recorder
@@ -321,9 +329,13 @@ class Learner:
         self.train_model.train()
         self.val_loss, self.val_metrics = None, []
         for micro_batches in self._epoch_steps():
-            self._scope("batch", functools.partial(self._one_step, micro_batches), CancelBatchException)
-            self.iteration += 1
-            self.batch_index += 1
+            try:
+                self._scope("batch", functools.partial(self._one_step, micro_batches), CancelBatchException)
+            finally:
+                # A batch that began counts as an iteration, however it ended, so the
+                # schedule never replays a position.
+                self.iteration += 1
+                self.batch_index += 1
             if self._interrupt_requested:
                 self.interrupted = True
                 raise CancelFitException()
@@ -364,7 +376,6 @@ class Learner:
             yield group
 
     def _one_step(self, micro_batches: list[Any]) -> None:
-        self._fire("on_batch_begin")
         n = len(micro_batches)
         total = None
         for j, batch in enumerate(micro_batches):
@@ -382,12 +393,23 @@ class Learner:
         self.precision.step(self.opt)
         self._fire("on_step_end")
         self.opt.zero_grad(set_to_none=True)
-        self._fire("on_batch_end")
 
     def _to_device(self, batch: Any) -> tuple[Any, torch.Tensor]:
         xb, yb = batch[0], batch[1]
         non_blocking = self.device.type == "cuda"
+        if self.channels_last and isinstance(xb, torch.Tensor) and xb.ndim == 4:
+            return xb.to(self.device, non_blocking=non_blocking, memory_format=torch.channels_last), _move(yb, self.device, non_blocking)
         return _move(xb, self.device, non_blocking), _move(yb, self.device, non_blocking)
+
+    def _models(self, compile_backend: str | None) -> tuple[nn.Module, nn.Module]:
+        """(train model, eval model): DDP-wrapped for training, plain for validation, each compiled on request."""
+        if compile_backend is None:
+            return self._wrapped_model, self.model
+        if compile_backend not in self._compiled_models:
+            train_model = _compiled(self._wrapped_model, compile_backend)
+            eval_model = train_model if self._wrapped_model is self.model else _compiled(self.model, compile_backend)
+            self._compiled_models[compile_backend] = (train_model, eval_model)
+        return self._compiled_models[compile_backend]
 
     def _steps_per_epoch(self, accumulate: int = 1) -> int:
         accumulate = check_int("accumulate", accumulate, minimum=1)
@@ -396,26 +418,32 @@ class Learner:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, dl: torch.utils.data.DataLoader | None = None) -> tuple[float, list[float]]:
-        """Mean loss and metrics over a loader (default: the validation loader)."""
+        """Mean loss and metrics over a loader (default: the validation loader).
+
+        Distributed, each rank evaluates its shard with rank 0's buffers and the
+        sums are added over ranks, so every rank returns the full-set values.
+        """
         dl = dl if dl is not None else self.data.val_dl
         if dl is None:
             raise ValueError("validate: no loader given and the data has no val_dl")
-        was_training = self.train_model.training
-        self.train_model.eval()
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        self.dist.broadcast_buffers(self.model)  # every rank validates rank 0's BatchNorm statistics
         sums = torch.zeros(2 + len(self._metrics), device=self.device, dtype=torch.float64)
         for batch in dl:
             xb, yb = self._to_device(batch)
             with self.precision.autocast():
-                pred = self.train_model(xb)
+                pred = model(xb)
                 loss = self.crit(pred, yb)
             n = len(yb)
-            values = [loss.float() * n, torch.tensor(float(n), device=self.device)]
+            values = [loss.float() * n, torch.full((), float(n), device=self.device)]
             values += [m(pred.float(), yb).float() * n for m in self._metrics]
             sums += torch.stack([v.double().reshape(()) for v in values])
             if self._interrupt_requested:
                 break
         self.dist.all_reduce_sum(sums)
-        self.train_model.train(was_training)
+        model.train(was_training)
         totals = sums.tolist()
         count = totals[1]
         return totals[0] / count, [v / count for v in totals[2:]]
@@ -500,7 +528,9 @@ def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Ca
 
 
 def _overrides(cb: Callback, event: str) -> bool:
-    return getattr(type(cb), event) is not getattr(Callback, event)
+    """Whether ``cb`` does something on ``event`` (no-op base hooks are skipped in the hot loop)."""
+    handler = getattr(cb, event)
+    return getattr(handler, "__func__", handler) is not getattr(Callback, event)
 
 
 def _move(x: Any, device: torch.device, non_blocking: bool) -> Any:
@@ -520,10 +550,26 @@ def _plain(value: Any) -> Any:
     return tuple(float(v) for v in value)
 
 
-def _compiled(model: nn.Module) -> nn.Module:
-    if not hasattr(torch, "compile"):
-        raise ValueError("compile=True needs torch.compile (PyTorch >= 2.0); this torch has none")
-    return torch.compile(model)
+def _compile_backend(compile: bool | str) -> str | None:
+    """The torch.compile backend ``compile`` asks for (``True``: the default, inductor), or None."""
+    if compile is False:
+        return None
+    if compile is not True and not isinstance(compile, str):
+        raise TypeError(f"compile must be True, False or a torch.compile backend name such as 'inductor'; got {compile!r}")
+    if not hasattr(torch, "compile") or not hasattr(torch, "compiler"):
+        raise ValueError(f"compile={compile!r} needs torch.compile (PyTorch >= 2.0); this torch ({torch.__version__}) has none")
+    backend = "inductor" if compile is True else compile
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ValueError(f"compile={compile!r}: unknown torch.compile backend; available: {', '.join(sorted(backends))}")
+    return backend
+
+
+def _compiled(model: nn.Module, backend: str) -> nn.Module:
+    try:
+        return torch.compile(model, backend=backend)
+    except RuntimeError as err:  # e.g. a Python version that this torch's Dynamo does not support
+        raise ValueError(f"compile={backend!r}: torch.compile is unavailable here: {err}") from None
 
 
 class _interrupt_guard:

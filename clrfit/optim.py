@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 
-def momentum_key(optimizer: torch.optim.Optimizer) -> str | None:
-    """``'betas'``, ``'momentum'`` or ``None`` when the optimizer has neither."""
-    group = optimizer.param_groups[0]
+def momentum_key(optimizer: torch.optim.Optimizer | dict[str, Any]) -> str | None:
+    """``'betas'``, ``'momentum'`` or ``None`` when the optimizer (or one param group) has neither."""
+    group = optimizer if isinstance(optimizer, dict) else optimizer.param_groups[0]
     if "betas" in group:
         return "betas"
     if "momentum" in group:

@@ -1,8 +1,18 @@
 """Numeric precision of the training step: fp32, fp16 (autocast + GradScaler) or bf16 (autocast).
 
+Weights, gradients and optimizer state stay float32 in every mode; autocast
+runs the forward pass and the loss in the low-precision type.
+
 A step that the fp16 gradient scaler skips (inf/nan gradients) still counts as
-one iteration: the schedule advances exactly once per optimizer step attempted,
-so the schedule's length and values never depend on overflow events.
+one iteration: the learner advances ``learn.iteration`` once per optimizer step
+attempted, so the schedule's length and values never depend on overflow events.
+The skipped step leaves the weights and optimizer state untouched and halves the
+loss scale.
+
+Host syncs: bf16 and fp32 add none. ``GradScaler.step`` reads its inf check back
+to the host once per step (it must decide whether to call ``optimizer.step()``),
+unless the optimizer consumes the scale itself (``fused=True`` SGD/Adam/AdamW on
+CUDA); prefer bf16, or a fused optimizer under fp16, where every microsecond counts.
 """
 from __future__ import annotations
 
@@ -34,7 +44,7 @@ class Precision:
     """Autocast context, backward and optimizer step for one precision."""
 
     def __init__(self, name: str, device: torch.device) -> None:
-        self.name = name
+        self.name = check_choice("precision", name, PRECISIONS)
         self.device = device
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name)
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
@@ -50,21 +60,31 @@ class Precision:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def unscale(self, opt: torch.optim.Optimizer) -> None:
-        """Bring gradients back to their true scale (before clipping or inspecting them)."""
+        """Bring gradients back to their true scale (before clipping or inspecting them); once per step."""
         if self.scaler is not None:
             self.scaler.unscale_(opt)
 
     def step(self, opt: torch.optim.Optimizer) -> None:
-        """``opt.step()``, through the scaler under fp16 (which may skip the update)."""
+        """``opt.step()``, through the scaler under fp16 (which skips the update when a gradient is inf/nan)."""
         if self.scaler is None:
             opt.step()
         else:
             self.scaler.step(opt)
             self.scaler.update()
 
+    @property
+    def loss_scale(self) -> float:
+        """The fp16 loss scale (1.0 without a scaler); reading it is a host sync, so not for the hot loop."""
+        return 1.0 if self.scaler is None else float(self.scaler.get_scale())
+
     def state_dict(self) -> dict[str, Any]:
+        """The scaler's state (empty without one), for checkpoints."""
         return {} if self.scaler is None else {"scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+
+    def __repr__(self) -> str:
+        return f"Precision({self.name!r}, device={self.device})"

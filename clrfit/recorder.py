@@ -141,12 +141,16 @@ class Recorder(Callback):
 
     # ------------------------------------------------------------------ plots
     def plot_lr(self, show_epochs: bool = False, title: str | None = None):
-        """lr per iteration, with a momentum panel when momentum varies; returns the Figure."""
+        """lr per iteration, with a momentum panel when momentum varies; returns the Figure.
+
+        ``show_epochs`` draws a vertical line at the first iteration of every epoch after the first.
+        """
         from .plots import plot_lr_mom
 
         moms = self.momentums
         vary = bool(moms) and None not in moms and max(moms) != min(moms)
-        marks = self.epochs if show_epochs else None
+        # epochs holds the number of steps recorded when each epoch ended; the last one closes the plot.
+        marks = [self.iterations[n] for n in self.epochs if n < len(self.iterations)] if show_epochs else None
         return plot_lr_mom(self.iterations, self.lrs, moms if vary else None, epoch_marks=marks, title=title)
 
     def plot_loss(self, n_skip: int = 10, n_skip_end: int = 5):

@@ -38,16 +38,36 @@ class ParamScheduler(Callback):
         self.wds_sched_mult = wds_sched_mult
         self.current_wds: list[float] | None = None
 
-    def on_train_begin(self) -> None:
-        opt = self.learn.opt
-        if self.schedule.has_momentum and momentum_key(opt) is None:
+    def check(self, opt: torch.optim.Optimizer) -> None:
+        """Raise ``ValueError`` if ``opt`` cannot take this schedule (called before any step)."""
+        name = type(opt).__name__
+        if self.schedule.has_momentum and any(momentum_key(g) is None for g in opt.param_groups):
             raise ValueError(
-                f"this schedule sets momentum but {type(opt).__name__} has neither 'momentum' nor 'betas'; "
-                "use an optimizer with momentum or drop the momentum values from the schedule"
+                f"momentum: this schedule sets momentum but {name} has neither 'momentum' nor 'betas' "
+                "in its param groups; use an optimizer with momentum (SGD, RMSprop, Adam, AdamW, NAdam, RAdam, ...) "
+                "or a schedule without momentum values (e.g. cycle_momentum=False, use_clr with 2 values)"
             )
+        lrs, _ = self.schedule(0)
+        if len(lrs) != len(opt.param_groups):
+            raise ValueError(
+                f"lrs: the schedule has {len(lrs)} layer group values but the optimizer has "
+                f"{len(opt.param_groups)} param groups; pass one value per group"
+            )
+        if self.wds is not None and not self.decoupled and any("weight_decay" not in g for g in opt.param_groups):
+            raise ValueError(
+                f"wds={list(self.wds)!r}: {name} has no 'weight_decay' in its param groups, so L2 weight decay "
+                "cannot be set; pass use_wd_sched=True (decoupled) or an optimizer with weight_decay"
+            )
+
+    def on_train_begin(self) -> None:
+        self.check(self.learn.opt)
         if self.wds is not None:
-            for group, wd in zip(opt.param_groups, self.wds):
-                group["weight_decay"] = 0.0 if self.decoupled else wd
+            # Like lr, wds are written into the groups and stay there after the fit.
+            for group, wd in zip(self.learn.opt.param_groups, self.wds):
+                if not self.decoupled:
+                    group["weight_decay"] = wd
+                elif "weight_decay" in group:
+                    group["weight_decay"] = 0.0
 
     def on_batch_begin(self) -> None:
         learn = self.learn

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .validation import as_group_values, check_int, check_number, check_choice
+from .validation import as_group_values, check_bool, check_choice, check_int, check_number
 
 GroupValues = tuple[float, ...]
 
@@ -50,6 +50,8 @@ class Schedule:
                 raise ValueError("n: this schedule is unbounded; pass the number of iterations to evaluate")
             n = self.total
         n = check_int("n", n, minimum=1)
+        if self.total is not None and n > self.total:
+            raise ValueError(f"n must be <= {self.total} (this schedule's iterations); got {n}")
         group_lrs, group_moms = [], []
         for t in range(n):
             lrs, moms = self(t)
@@ -97,10 +99,22 @@ class ScheduleValues:
 
 @dataclass
 class ConstantLR(Schedule):
-    """``lr_t = lr`` for ``total`` iterations; momentum untouched."""
+    """``lr_t = lr`` for ``total`` iterations; momentum untouched.
+
+    ``cycle_iters`` (one epoch in ``fit``) only sets what counts as a cycle, for ``norm_wds``.
+    """
 
     lrs: GroupValues
     total: int | None = None
+    cycle_iters: int | None = None
+
+    def position(self, t: int) -> tuple[int, int]:
+        if self.cycle_iters is None:
+            return 0, t
+        return t // self.cycle_iters, t % self.cycle_iters
+
+    def cycle_iterations(self, t: int) -> int:
+        return self.cycle_iters or self.total or 1
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         return list(self.lrs), None
@@ -318,6 +332,10 @@ class CyclicLR(Schedule):
         cycle = math.floor(1 + t / self.total_size)
         return cycle - 1, t - math.ceil((cycle - 1) * self.total_size)
 
+    def cycle_iterations(self, t: int) -> float:
+        """``step_size_up + step_size_down`` (may be fractional, as in torch)."""
+        return self.total_size
+
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         cycle = math.floor(1 + t / self.total_size)
         x = 1.0 + t / self.total_size - cycle
@@ -403,6 +421,9 @@ class OneCycleLR(Schedule):
         return self.cycle_momentum
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
+        if not 0 <= t < self.total:
+            # torch would extrapolate one step past the end; the contract stops at the last step.
+            raise ValueError(f"t must be in [0, {self.total - 1}] (total_steps={self.total}); got {t}")
         start = 0.0
         for i, phase in enumerate(self.phases):
             if t <= phase.end_step or i == len(self.phases) - 1:
@@ -434,7 +455,7 @@ class LRSweep(Schedule):
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         start = self.start_lrs[-1]
-        frac = t / (self.total - 1)
+        frac = t / (self.total - 1) if self.total > 1 else 0.0
         if self.linear:
             last = start + (self.end_lr - start) * frac
         else:
@@ -446,8 +467,9 @@ class LRSweep(Schedule):
 
 
 def _check_mom_pair(name: str, values: Sequence[float]) -> tuple[float, float]:
-    moms = tuple(float(check_number(f"{name} momentum", m, minimum=0.0, maximum=1.0)) for m in values)
-    return moms[0], moms[1]
+    max_mom = check_number(f"{name} max_mom", values[0], minimum=0.0, maximum=1.0)
+    min_mom = check_number(f"{name} min_mom", values[1], minimum=0.0, maximum=1.0)
+    return max_mom, min_mom
 
 
 def fit_schedule(
@@ -471,7 +493,7 @@ def fit_schedule(
             raise ValueError(f"{name} needs cycle_len (epochs per cycle); got cycle_len=None")
         if cycle_mult != 1:
             raise ValueError(f"cycle_mult={cycle_mult} needs cycle_len; got cycle_len=None")
-        return ConstantLR(lrs, total=nb * n_cycle), n_cycle
+        return ConstantLR(lrs, total=nb * n_cycle, cycle_iters=nb), n_cycle
     cycle_len = check_int("cycle_len", cycle_len, minimum=1)
     n_epochs = _geometric_epochs(cycle_len, cycle_mult, n_cycle)
     cycle_iters = nb * cycle_len
@@ -514,7 +536,11 @@ def cyclic_schedule(
     max_momentum: float | Sequence[float] = 0.9,
     total: int | None = None,
 ) -> CyclicLR:
-    """A :class:`CyclicLR` from ``torch.optim.lr_scheduler.CyclicLR``'s arguments, validated."""
+    """A :class:`CyclicLR` from ``torch.optim.lr_scheduler.CyclicLR``'s arguments, validated.
+
+    Momentum bounds only have to be >= 0: like torch (whose own tests cycle momentum
+    between 1 and 5), values above 1 are the caller's choice.
+    """
     base = as_group_values("base_lr", base_lr, n_groups, positive=True)
     top = as_group_values("max_lr", max_lr, n_groups, positive=True)
     check_number("step_size_up", step_size_up, minimum=0.0, exclusive_min=True)
@@ -526,10 +552,11 @@ def cyclic_schedule(
         raise TypeError(f"scale_fn must be callable; got {scale_fn!r}")
     check_choice("scale_mode", scale_mode, ("cycle", "iterations"))
     check_number("gamma", gamma, minimum=0.0, exclusive_min=True)
+    check_bool("cycle_momentum", cycle_momentum)
     base_m = top_m = None
     if cycle_momentum:
-        base_m = as_group_values("base_momentum", base_momentum, n_groups, minimum=0.0, maximum=1.0)
-        top_m = as_group_values("max_momentum", max_momentum, n_groups, minimum=0.0, maximum=1.0)
+        base_m = as_group_values("base_momentum", base_momentum, n_groups, minimum=0.0)
+        top_m = as_group_values("max_momentum", max_momentum, n_groups, minimum=0.0)
     return CyclicLR(base, top, step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode,
                     bool(cycle_momentum), base_m, top_m, total)
 
@@ -547,15 +574,20 @@ def one_cycle_schedule(
     final_div_factor: float = 1e4,
     three_phase: bool = False,
 ) -> OneCycleLR:
-    """A :class:`OneCycleLR` from ``torch.optim.lr_scheduler.OneCycleLR``'s arguments, validated."""
+    """A :class:`OneCycleLR` from ``torch.optim.lr_scheduler.OneCycleLR``'s arguments, validated.
+
+    As in torch, momentum bounds only have to be >= 0.
+    """
     top = as_group_values("max_lr", max_lr, n_groups, positive=True)
-    total = check_int("total_steps", total, minimum=2)
+    total = check_int("total_steps (epochs * batches per epoch)", total, minimum=1)
     pct_start = check_number("pct_start", pct_start, minimum=0.0, maximum=1.0)
     check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
     check_number("div_factor", div_factor, minimum=0.0, exclusive_min=True)
     check_number("final_div_factor", final_div_factor, minimum=0.0, exclusive_min=True)
-    base_m = as_group_values("base_momentum", base_momentum, n_groups, minimum=0.0, maximum=1.0)
-    top_m = as_group_values("max_momentum", max_momentum, n_groups, minimum=0.0, maximum=1.0)
+    check_bool("cycle_momentum", cycle_momentum)
+    check_bool("three_phase", three_phase)
+    base_m = as_group_values("base_momentum", base_momentum, n_groups, minimum=0.0)
+    top_m = as_group_values("max_momentum", max_momentum, n_groups, minimum=0.0)
     sched = OneCycleLR(top, total, float(pct_start), anneal_strategy, bool(cycle_momentum), base_m, top_m,
                        float(div_factor), float(final_div_factor), bool(three_phase))
     # A phase of zero length divides by zero where an integer step lands on it (torch fails there too).
@@ -571,3 +603,86 @@ def one_cycle_schedule(
                 "use more steps (epochs) or another pct_start"
             ) from None
     return sched
+
+
+# --------------------------------------------------------------------------- previews
+
+_CYCLIC_KEYS = ("epochs", "base_lr", "max_lr", "step_size_up", "step_size_down", "mode", "gamma", "scale_fn",
+                "scale_mode", "cycle_momentum", "base_momentum", "max_momentum")
+_ONE_CYCLE_KEYS = ("epochs", "max_lr", "pct_start", "anneal_strategy", "cycle_momentum", "base_momentum",
+                   "max_momentum", "div_factor", "final_div_factor", "three_phase")
+
+
+def preview(
+    iterations: int,
+    lr: float = 1.0,
+    *,
+    use_clr: Sequence[float] | None = None,
+    use_clr_beta: Sequence[float] | None = None,
+    cycle_mult: int = 1,
+    n_cycle: int = 1,
+    cyclic: dict | None = None,
+    one_cycle: dict | None = None,
+) -> ScheduleValues:
+    """Evaluate a schedule without training; ``.plot()`` on the result draws it.
+
+    ``iterations`` is the length of one cycle, as if ``fit(lr, n_cycle, cycle_len=1,
+    cycle_mult=..., use_clr=..., use_clr_beta=...)`` ran on ``iterations`` batches per
+    epoch (SGDR when neither ``use_clr`` nor ``use_clr_beta`` is given). ``cyclic`` holds
+    ``fit_cyclic``'s keyword arguments and ``one_cycle`` those of ``fit_one_cycle``; for
+    them ``iterations`` is one epoch and ``epochs`` (default 1) sets the length. Their
+    learning rates come from the dict, so ``lr`` must then stay at its default.
+    """
+    iterations = check_int("iterations", iterations, minimum=1)
+    if cyclic is not None and one_cycle is not None:
+        raise ValueError("cyclic and one_cycle: pass at most one of them (got both)")
+    torch_style = "cyclic" if cyclic is not None else "one_cycle" if one_cycle is not None else None
+    if torch_style is None:
+        lrs = _preview_lrs(lr)
+        schedule, _ = fit_schedule(lrs, iterations, n_cycle, 1, cycle_mult, use_clr, use_clr_beta)
+        return schedule.values()
+    given = {"use_clr": use_clr, "use_clr_beta": use_clr_beta}
+    extra = [name for name, value in given.items() if value is not None]
+    extra += [f"cycle_mult={cycle_mult!r}"] if cycle_mult != 1 else []
+    extra += [f"n_cycle={n_cycle!r}"] if n_cycle != 1 else []
+    extra += [f"lr={lr!r}"] if lr != 1.0 else []
+    if extra:
+        raise ValueError(f"{torch_style}: do not combine it with {', '.join(extra)} (they belong to fit-style schedules)")
+    if torch_style == "cyclic":
+        kwargs = _preview_kwargs("cyclic", cyclic, _CYCLIC_KEYS)
+        epochs = check_int("cyclic['epochs']", kwargs.pop("epochs", 1), minimum=1)
+        schedule = cyclic_schedule(_preview_groups(kwargs), total=epochs * iterations, **kwargs)
+    else:
+        kwargs = _preview_kwargs("one_cycle", one_cycle, _ONE_CYCLE_KEYS)
+        epochs = check_int("one_cycle['epochs']", kwargs.pop("epochs", 1), minimum=1)
+        if "max_lr" not in kwargs:
+            raise ValueError("one_cycle must hold 'max_lr' (as fit_one_cycle needs it)")
+        schedule = one_cycle_schedule(_preview_groups(kwargs), total=epochs * iterations, **kwargs)
+    return schedule.values()
+
+
+def _preview_lrs(lr: Any) -> tuple[float, ...]:
+    if isinstance(lr, Sequence) and not isinstance(lr, (str, bytes)):
+        return as_group_values("lr", lr, len(lr), positive=True)
+    return (check_number("lr", lr, minimum=0.0, exclusive_min=True),)
+
+
+def _preview_kwargs(name: str, values: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise TypeError(f"{name} must be a dict of keyword arguments; got {type(values).__name__}")
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise TypeError(f"{name}: unknown keys {unknown}; allowed: {', '.join(allowed)}")
+    if name == "cyclic":
+        missing = [k for k in ("base_lr", "max_lr") if k not in values]
+        if missing:
+            raise ValueError(f"cyclic must hold {' and '.join(map(repr, missing))} (as fit_cyclic needs them)")
+    return dict(values)
+
+
+def _preview_groups(kwargs: dict[str, Any]) -> int:
+    """Number of layer groups implied by per-group lists in the arguments (1 when all are scalars)."""
+    for value in kwargs.values():
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            return len(value)
+    return 1
