@@ -147,8 +147,10 @@ fastai 0.7's CircularLR is a *slanted triangle*. For a cycle of `N` iterations
 - with four values, `use_clr=(div, cut_div, max_mom, min_mom)`, momentum is the
   mirror image: `max_mom` at both ends, `min_mom` at the peak.
 
-Every picture here comes from `clrfit.schedules.preview`, which evaluates the
-schedule without a model; the comparison at the end trains."""),
+Every picture here comes from `clrfit.schedules.preview(iterations, lr, ...)`,
+which evaluates the schedule of one `iterations`-long cycle without a model (as
+`fit(lr, n_cycle, cycle_len=1, ...)` on `iterations` batches per epoch); the
+comparison at the end trains."""),
     ("code", FLAG),
     ("code", '''\
 import matplotlib.pyplot as plt
@@ -204,7 +206,7 @@ cycles of three epochs, or three cycles of two:"""),
     ("code", '''\
 fig, ax = plt.subplots(figsize=(7, 3.5))
 for n_cycle, cycle_len in [(1, 6), (2, 3), (3, 2)]:
-    values = schedules.preview(n_cycle=n_cycle, cycle_len=cycle_len, nb=nb, lr=1.0, use_clr=(32, 5))
+    values = schedules.preview(cycle_len * nb, lr=1.0, n_cycle=n_cycle, use_clr=(32, 5))
     ax.plot(values.iterations, values.lrs, label=f"fit(lr, {n_cycle}, cycle_len={cycle_len}, use_clr=(32, 5))")
 ax.set_xlabel("iteration"); ax.set_ylabel("learning rate"); ax.legend(fontsize=8)
 plt.show()''', ["plot"]),
@@ -422,8 +424,8 @@ def torch_cyclic(n, **kwargs):
 
 
 def clrfit_cyclic(n, **kwargs):
-    """The same values from clrfit's schedule, evaluated without any optimizer."""
-    values = schedules.cyclic_schedule(1, **kwargs).values(n)
+    """The same values from clrfit's schedule (what fit_cyclic uses), evaluated without any optimizer."""
+    values = schedules.preview(n, cyclic=kwargs)
     return values.lrs, values.momentums'''),
     ("md", """\
 ## The three modes, and torch's values on top
