@@ -1,6 +1,7 @@
 """Files and random state: atomic writes, safe loads, RNG snapshots."""
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -22,6 +23,7 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -29,6 +31,37 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
             pass
         raise
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder entry is on disk (POSIX; a no-op elsewhere).
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_files(path: str | Path) -> list[Path]:
+    """Temporary files that :func:`save_state` writes next to ``path`` (left behind only by a killed process)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def remove_temp_files(path: str | Path) -> int:
+    """Delete the temporary files a killed writer of ``path`` left behind; returns how many."""
+    removed = 0
+    for tmp in temp_files(path):
+        try:
+            tmp.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def load_state(path: str | Path, device: torch.device | str = "cpu", required: Sequence[str] = ()) -> dict[str, Any]:

@@ -85,6 +85,12 @@ def test_bad_environment_values(torchrun_env, name, value, message):
         from_environment()
 
 
+def test_nccl_with_a_cpu_device_is_a_clear_error():
+    ctx = DistributedContext(world_size=2, rank=0, backend="nccl")
+    with pytest.raises(ValueError, match=r"device='cpu' under torchrun, but the process group uses NCCL"):
+        ctx.wrap(nn.Linear(2, 2), torch.device("cpu"))
+
+
 # ---------------------------------------------------------------------- sharding
 
 
