@@ -1,8 +1,10 @@
 """Draw the schedule figures of docs/schedules.md from clrfit itself.
 
 Run from the repository root: ``python docs/make_figures.py`` (writes
-``docs/img/*.png``). Every curve is a clrfit schedule evaluated without any
-model or optimizer, so the pictures are exactly what ``fit`` would use.
+``docs/img/*.png``). Every schedule curve is a clrfit schedule evaluated without
+any model or optimizer, so the pictures are exactly what ``fit`` would use. The
+figures in ``TRAINED`` come from a short run on MNIST-1D (a few seconds on a CPU);
+``--schedules-only`` skips them.
 """
 from __future__ import annotations
 
@@ -61,9 +63,24 @@ def overlay(curves: list[tuple[str, list[float]]], ylabel: str, title: str = "")
     return fig
 
 
-def main() -> list[Path]:
-    """Write every figure; returns their paths."""
-    written = []
+TRAINED = ("lr_find2.png",)
+
+
+def trained_figures() -> list[Path]:
+    """Figures that need training: the LR range test of the MNIST-1D CNN."""
+    import torch
+
+    from clrfit import Learner, accuracy, datasets, models
+
+    torch.manual_seed(0)
+    learn = Learner(models.mnist1d_cnn(), datasets.mnist1d(), metrics=[accuracy], progress=False, table=False)
+    learn.lr_find2(start_lr=1e-4, end_lr=10, num_it=100)
+    return [save(learn.sched.plot(), "lr_find2.png")]
+
+
+def main(trained: bool = True) -> list[Path]:
+    """Write every figure (those needing training only if ``trained``); returns their paths."""
+    written = trained_figures() if trained else []
     written.append(save(fit_values(3).plot(title="fit(1.0, 3): constant lr"), "constant.png"))
     written.append(save(fit_values(3, cycle_len=1, cycle_mult=2).plot(
         title="fit(1.0, 3, cycle_len=1, cycle_mult=2): SGDR"), "sgdr.png"))
@@ -102,5 +119,5 @@ def main() -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in main():
+    for path in main(trained="--schedules-only" not in sys.argv[1:]):
         print(f"{path.relative_to(ROOT)}  {path.stat().st_size // 1024} KiB")
