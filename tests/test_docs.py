@@ -70,7 +70,8 @@ def test_every_relative_link_and_anchor_resolves(page: Path):
 
 def test_docs_have_the_promised_pages():
     names = {p.name for p in DOCS.glob("*.md")}
-    for page in ["index.md", "schedules.md", "api.md", "coming_from_fastai_pytorch.md"]:
+    for page in ["index.md", "schedules.md", "lr_finder.md", "api.md", "cli.md", "checkpoints.md",
+                 "coming_from_fastai_pytorch.md", "distributed.md", "parameters.md"]:
         assert page in names
 
 
@@ -104,6 +105,19 @@ def test_schedule_figures_show_the_library_values():
 def test_api_reference_is_up_to_date():
     api = _load("make_api")
     assert (DOCS / "api.md").read_text(encoding="utf-8") == api.render(), "run python docs/make_api.py"
+
+
+@pytest.mark.slow  # runs the CLI five times
+def test_cli_page_is_up_to_date():
+    cli = _load("make_cli")
+    assert (DOCS / "cli.md").read_text(encoding="utf-8") == cli.render(), "run python docs/make_cli.py"
+
+
+def test_index_links_every_guide():
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    for page in DOCS.glob("*.md"):
+        if page.name != "index.md":
+            assert f"]({page.name})" in index, f"docs/index.md does not link {page.name}"
 
 
 def test_api_reference_covers_the_public_api():
