@@ -205,6 +205,38 @@ def test_fit_trains_and_writes_outputs(tiny_data, tmp_path, capsys):
     assert "model" in state
 
 
+def test_fit_checkpoint_and_resume_from_the_command_line(tiny_data, tmp_path, monkeypatch, capsys):
+    """A fit stopped at step 12 (checkpoints every 5 steps) and resumed with --resume ends with
+    exactly the weights of an uninterrupted run of the same command."""
+    from clrfit import Callback, CancelFitException
+
+    common = ["fit", "--lr", "0.5", "--cycle-len", "2", "--use-clr-beta", "10,10,0.95,0.85", "--bs", "32",
+              "--no-progress", "--seed", "3"]
+    code, _, err = run([*common, "--out", str(tmp_path / "full")], capsys)
+    assert code == 0, err
+
+    class StopAt(Callback):
+        def on_batch_begin(self):
+            if self.learn.iteration == 12:
+                raise CancelFitException()
+
+    original = Learner.fit
+    ckpt = tmp_path / "run.ckpt"
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **kw: original(self, *a, callbacks=[StopAt()], **kw))
+    code, _, err = run([*common, "--checkpoint", str(ckpt), "--checkpoint-every", "5"], capsys)
+    assert code == 0, err
+    assert torch.load(ckpt, weights_only=True)["counters"]["iteration"] == 10
+    monkeypatch.setattr(Learner, "fit", original)
+    code, out, err = run([*common, "--checkpoint", str(ckpt), "--resume", "--out", str(tmp_path / "resumed")], capsys)
+    assert code == 0, err
+    full = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["model"]
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    code, _, err = run([*common[:2], "0.4", *common[3:], "--checkpoint", str(ckpt), "--resume"], capsys)
+    assert code == 2 and "lrs" in one_line_error(err)  # other fit arguments than the checkpoint's
+
+
 # --------------------------------------------------------------------------- schedule
 
 
