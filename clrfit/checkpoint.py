@@ -19,7 +19,8 @@ key                    contents
 ``epoch_rng_state``    torch CPU RNG state from which that epoch's data order is drawn
 ``rng_states``         torch, CUDA, numpy and python RNG states at that point
 ``loader_generators``  states of the data loaders' own torch generators, if any
-``rank_rng``           under DDP: the three entries above for every rank
+``per_rank``           under DDP, for every rank: its RNG and loader generator
+                       states and callback states (each rank records its own losses)
 ``callbacks``          ``state_dict()`` of every stateful callback (the recorder's
                        history: lrs, momentums, losses, validation results)
 ``setup``              the fit's arguments and the shape of the run (steps per
@@ -186,18 +187,17 @@ class Checkpoint(Callback):
         epoch_rng_state = learn.epoch_rng_state if batch_index > 0 else rng["torch"]
         generators = self.epoch_generators if batch_index > 0 else [g.get_state() for g in loader_generators(learn)]
         cycle, iter_in_cycle = _position(learn, iteration)
+        # What differs between ranks: random streams, loader generators, local histories (each rank's own losses).
+        own = {"epoch_rng_state": epoch_rng_state, "rng_states": rng, "loader_generators": generators,
+               "callbacks": self._callback_states(epochs_done=epoch)}
         state = {
             "clrfit_checkpoint": FORMAT,
             **_training_state(learn),
             "counters": dict(epoch=epoch, batch_index=batch_index, iteration=iteration, cycle=cycle,
                              iter_in_cycle=iter_in_cycle),
             # batch_index 0: the next epoch has not drawn its data order yet; it draws it from the current state.
-            "epoch_rng_state": epoch_rng_state,
-            "rng_states": rng,
-            "loader_generators": generators,
-            "rank_rng": _gather(learn, {"epoch_rng_state": epoch_rng_state, "rng_states": rng,
-                                        "loader_generators": generators}),
-            "callbacks": self._callback_states(epochs_done=epoch),
+            **own,
+            "per_rank": _gather(learn, own),
             "setup": self.setup,
         }
         if learn.is_main_process:
@@ -236,10 +236,10 @@ class Checkpoint(Callback):
                 f"resume: {path} was written by a different fit; {'; '.join(differences)}. "
                 "Pass the same arguments as the interrupted fit, or resume=False to start over"
             )
+        if state.get("per_rank"):  # each rank continues its own random streams and history
+            state.update(state["per_rank"][learn.dist.rank])
         _apply(learn, state, path, callbacks=True)
         counters = state["counters"]
-        if state.get("rank_rng"):  # each rank continues its own random streams (dropout differs per rank)
-            state.update(state["rank_rng"][learn.dist.rank])
         learn.epoch, learn.batch_index, learn.iteration = counters["epoch"], counters["batch_index"], counters["iteration"]
         learn.cycle, learn.iter_in_cycle = counters["cycle"], counters["iter_in_cycle"]
         for g, g_state in zip(loader_generators(learn), state["loader_generators"]):  # count checked in setup
@@ -325,10 +325,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state["loader_generators"], list) or not all(
             isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in state["loader_generators"]):
         problems.append("loader_generators is not a list of generator states (uint8 tensors)")
-    rank_rng = state.get("rank_rng")
-    if rank_rng is not None and not (isinstance(rank_rng, list) and all(
-            isinstance(r, dict) and {"epoch_rng_state", "rng_states", "loader_generators"} <= set(r) for r in rank_rng)):
-        problems.append("rank_rng is not a list of per-rank RNG states")
+    per_rank = state.get("per_rank")
+    own = {"epoch_rng_state", "rng_states", "loader_generators", "callbacks"}
+    if per_rank is not None and not (isinstance(per_rank, list) and all(
+            isinstance(r, dict) and own <= set(r) for r in per_rank)):
+        problems.append("per_rank is not a list of per-rank states")
     if problems:
         raise ValueError(f"{path} is not a usable clrfit checkpoint: {'; '.join(problems)}")
     return state

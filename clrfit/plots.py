@@ -16,14 +16,27 @@ def _figure(n_rows: int = 1, width: float = 6.4, row_height: float = 3.2):
 
 
 def _register_notebook_display() -> None:
-    # Importing pyplot inside a Jupyter kernel installs the inline backend's
-    # display formatters, so a returned Figure renders as an image.
+    # A Figure made without pyplot has no display hook of its own: inside IPython,
+    # register a PNG formatter for Figure unless one (inline backend, user's
+    # choice of format) is already there, so a returned Figure renders as an image.
     try:
         from IPython import get_ipython
     except ImportError:
         return
-    if get_ipython() is not None:
-        import matplotlib.pyplot  # noqa: F401
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    for mime, formatter in shell.display_formatter.formatters.items():
+        if mime == "text/plain":
+            continue
+        try:
+            formatter.lookup_by_type(Figure)
+            return
+        except KeyError:
+            continue
+    from IPython.core.pylabtools import select_figure_formats
+
+    select_figure_formats(shell, {"png"})
 
 
 def plot_lr_mom(

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,14 +76,31 @@ def load_state(path: str | Path, device: torch.device | str = "cpu", required: S
         raise FileNotFoundError(f"no such file: {path}")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} is not a clrfit/torch state file, or holds pickled objects other than tensors and plain "
+            f"containers, which are refused because loading them could run code ({_reason(err)})"
+        ) from None
     except Exception as err:  # torch raises many types for a bad file
-        raise ValueError(f"{path} is not a readable clrfit/torch state file (corrupt, truncated or foreign): {err}") from None
+        raise ValueError(f"{path} is not a readable clrfit/torch state file (corrupt, truncated or foreign): {_reason(err)}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a clrfit state dict")
     missing = [k for k in required if k not in state]
     if missing:
         raise ValueError(f"{path} is not a clrfit file of this kind: missing {', '.join(missing)}")
     return state
+
+
+def _reason(err: Exception) -> str:
+    """The informative part of torch's load error, without its advice to load unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please |\n|$)", text)
+    if found and found.group(1).strip():
+        return found.group(1).strip()
+    if text.startswith("Weights only load failed"):
+        return "not a pickle that weights_only loading accepts"
+    line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return line[:200]
 
 
 def get_rng_states() -> dict[str, Any]:

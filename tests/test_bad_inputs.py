@@ -194,5 +194,83 @@ def test_bad_input_is_named_and_changes_nothing(trained, tmp_path, call, name):
     assert after_groups == groups
 
 
-def test_there_are_at_least_forty_cases():
-    assert len(CASES) >= 40
+# ---------------------------------------------------------------------- the CLI: exit status 2, one line naming the option
+
+from clrfit import cli, datasets  # noqa: E402
+
+CLI = [
+    ("fit: negative --lr", ["fit", "--lr", "-1"], "--lr"),
+    ("fit: --lr not a number", ["fit", "--lr", "abc"], "--lr"),
+    ("fit: no --lr", ["fit"], "--lr"),
+    ("fit: zero --n-cycle", ["fit", "--lr", "0.1", "--n-cycle", "0"], "--n-cycle"),
+    ("fit: zero --cycle-len", ["fit", "--lr", "0.1", "--cycle-len", "0"], "--cycle-len"),
+    ("fit: three --use-clr-beta values", ["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,10,0.95"],
+     "--use-clr-beta"),
+    ("fit: zero --checkpoint-every", ["fit", "--lr", "0.1", "--checkpoint", "c.ckpt", "--checkpoint-every", "0"],
+     "--checkpoint-every"),
+    ("fit: --checkpoint-every without --checkpoint", ["fit", "--lr", "0.1", "--checkpoint-every", "5"],
+     "--checkpoint-every"),
+    ("fit: --resume without --checkpoint", ["fit", "--lr", "0.1", "--resume"], "--resume"),
+    ("fit: zero --accumulate", ["fit", "--lr", "0.1", "--accumulate", "0"], "--accumulate"),
+    ("fit: unknown --precision", ["fit", "--lr", "0.1", "--precision", "fp8"], "--precision"),
+    ("lr-find: negative --end-lr", ["lr-find", "--end-lr", "-1"], "--end-lr"),
+]
+
+# These pass the parser and reach the library with a learner built: its weights must not change.
+CLI_LIBRARY = [
+    ("fit: --use-clr-beta pct 130", ["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,130"],
+     "--use-clr-beta"),
+    ("fit: --checkpoint a folder", ["fit", "--lr", "0.1", "--checkpoint", "{tmp}"], "--checkpoint"),
+    ("fit: --resume a corrupt file", ["fit", "--lr", "0.1", "--checkpoint", "{tmp}/corrupt.ckpt", "--resume"],
+     "corrupt.ckpt"),
+    ("fit: --resume with another --lr", ["fit", "--lr", "0.2", "--checkpoint", "{tmp}/other.ckpt", "--resume"], "lrs"),
+    ("lr-find: --num-it 1", ["lr-find", "--num-it", "1"], "--num-it"),
+]
+
+
+@pytest.fixture
+def tiny_cli_data(monkeypatch, tmp_path_factory):
+    """Every dataset request of the CLI gets a small MNIST-1D."""
+    cache = tmp_path_factory.mktemp("cache")
+    real_mnist1d = datasets.mnist1d
+    monkeypatch.setattr(datasets, "get_data", lambda name, path=None, bs=128, **kw: real_mnist1d(
+        n_train=256, n_valid=128, bs=bs, cache_dir=cache))
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, option", [pytest.param(a, o, id=i) for i, a, o in CLI])
+def test_cli_bad_input_exits_2_with_one_line(argv, option, capsys):
+    assert cli.main(argv) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "error:" in line and option in line
+
+
+@pytest.mark.parametrize("argv, option", [pytest.param(a, o, id=i) for i, a, o in CLI_LIBRARY])
+def test_cli_library_errors_exit_2_and_change_no_weights(argv, option, tiny_cli_data, tmp_path, capsys, monkeypatch):
+    (tmp_path / "corrupt.ckpt").write_bytes(b"\x00not a checkpoint")
+    assert cli.main(["fit", "--lr", "0.1", "--no-progress", "--checkpoint", str(tmp_path / "other.ckpt")]) == 0
+    capsys.readouterr()
+    seen = []
+    for method in ("fit", "lr_find2"):
+        original = getattr(Learner, method)
+
+        def spy(self, *args, _original=original, **kwargs):
+            seen.append((self, {k: v.clone() for k, v in self.model.state_dict().items()}))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Learner, method, spy)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main([*argv, "--no-progress"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("clrfit: error: ") and option in line
+    (learn, before), = seen
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+
+def test_there_are_at_least_forty_cases_with_the_cli():
+    assert len(CASES) + len(CLI) + len(CLI_LIBRARY) >= 40 and len(CLI) + len(CLI_LIBRARY) >= 10

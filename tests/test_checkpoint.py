@@ -500,3 +500,69 @@ def test_loaders_with_their_own_generators_resume_exactly(tmp_path):
         assert_same_run(reference, fit(build_with_generators(), checkpoint=ckpt, resume=True))
     with pytest.raises(ValueError, match="loader_generators: 2 in the checkpoint, 0 now"):
         run("clr_beta", checkpoint=tmp_path / "4.ckpt", resume=True)
+
+
+# ---------------------------------------------------------------------- DDP: rank 0 writes, every rank resumes its own streams
+
+DDP_WORKER = """
+import os, random, sys
+import numpy as np
+import torch
+from test_checkpoint import KillAt, NoisyDropout, build
+
+mode, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
+learn = build(n_trn=64)
+rank = learn.dist.rank
+torch.manual_seed(100 + rank)  # per-rank streams (DDP already synced the weights from rank 0)
+np.random.seed(100 + rank)
+random.seed(100 + rank)
+callbacks = [NoisyDropout()]
+options = {}
+if mode == "killed":
+    callbacks.append(KillAt(7) if rank == 1 else KillAt(10 ** 6))  # rank 1 dies; torchrun stops rank 0
+    options = dict(checkpoint=ckpt, checkpoint_every=3)
+elif mode == "resume":
+    options = dict(checkpoint=ckpt, resume=True)
+learn.fit(0.1, 1, cycle_len=3, use_clr_beta=(10, 13.68, 0.95, 0.85), callbacks=callbacks, **options)
+torch.save({"weights": learn.model.state_dict(), "losses": learn.sched.raw_losses, "lrs": learn.sched.lrs,
+            "is_main": learn.is_main_process}, os.path.join(out, f"{mode}{rank}.pt"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_kill_and_resume_equals_an_uninterrupted_ddp_run(tmp_path):
+    import socket
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    ckpt = tmp_path / "ddp.ckpt"
+    env = {k: v for k, v in subprocess_env().items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+
+    def torchrun(mode: str) -> subprocess.CompletedProcess:
+        for _ in range(3):  # a free port can be taken by another process before torchrun binds it
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                   "--master_addr=127.0.0.1", f"--master_port={port}", str(worker), mode, str(ckpt), str(tmp_path)]
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+            if "address already in use" not in (proc.stdout + proc.stderr).lower():
+                return proc
+        return proc
+
+    for mode in ("reference", "killed", "resume"):
+        proc = torchrun(mode)
+        assert (proc.returncode == 0) == (mode != "killed"), proc.stdout[-2000:] + proc.stderr[-2000:]
+        if mode == "killed":
+            saved = read_checkpoint(ckpt)
+            assert saved["counters"]["iteration"] == 6 and len(saved["per_rank"]) == 2
+            assert saved["setup"]["world_size"] == 2
+            # the two ranks' dropout streams differ, and each is kept
+            assert not torch.equal(saved["per_rank"][0]["rng_states"]["torch"], saved["per_rank"][1]["rng_states"]["torch"])
+    for rank in (0, 1):
+        reference = torch.load(tmp_path / f"reference{rank}.pt", weights_only=True)
+        resumed = torch.load(tmp_path / f"resume{rank}.pt", weights_only=True)
+        assert resumed["losses"] == reference["losses"] and resumed["lrs"] == reference["lrs"]
+        assert all(torch.equal(v, resumed["weights"][k]) for k, v in reference["weights"].items())
+        assert resumed["is_main"] == (rank == 0)

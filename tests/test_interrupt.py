@@ -164,3 +164,26 @@ def test_ctrl_c_from_outside_a_training_process(tmp_path):
     assert lines[-1].startswith(f"stopped: training interrupted by Ctrl-C at epoch {(done - 1) // 6}, iteration {done}")
     assert read_checkpoint(ckpt)["counters"]["iteration"] == done
     assert_same_run(run("clr_beta"), run("clr_beta", checkpoint=ckpt, resume=True))
+
+
+def test_cli_ctrl_c_then_resume_equals_an_uninterrupted_cli_run(tmp_path, monkeypatch, capsys):
+    from clrfit import Learner, cli, datasets
+
+    real_mnist1d = datasets.mnist1d
+    monkeypatch.setattr(datasets, "get_data", lambda name, path=None, bs=128, **kw: real_mnist1d(
+        n_train=256, n_valid=128, bs=bs, cache_dir=tmp_path / "cache"))
+    argv = ["fit", "--lr", "0.5", "--cycle-len", "2", "--use-clr-beta", "10,10,0.95,0.85", "--bs", "32",
+            "--no-progress", "--threads", "1"]
+    assert cli.main([*argv, "--out", str(tmp_path / "reference")]) == 0
+
+    original = Learner.fit
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **kw: original(self, *a, callbacks=[InterruptAt(9)], **kw))
+    ckpt = tmp_path / "run.ckpt"
+    assert cli.main([*argv, "--checkpoint", str(ckpt)]) == 130
+    assert "interrupted by Ctrl-C at epoch 1, iteration 10" in capsys.readouterr().err
+    assert read_checkpoint(ckpt)["counters"]["iteration"] == 10
+    monkeypatch.setattr(Learner, "fit", original)
+    assert cli.main([*argv, "--checkpoint", str(ckpt), "--resume", "--out", str(tmp_path / "resumed")]) == 0
+    reference = torch.load(tmp_path / "reference" / "model.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, resumed[k]) for k, v in reference.items())

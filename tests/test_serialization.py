@@ -153,9 +153,11 @@ def test_load_state_refuses_every_bad_file_without_running_code(tmp_path):
     for name, path in bad_files(tmp_path).items():
         if name in ("another model's weights", "model entry of the wrong type"):
             continue  # readable state files: refused by the model, below
-        with pytest.raises(ValueError, match=str(path.name)):
+        with pytest.raises(ValueError, match=str(path.name)) as info:
             load_state(path, required=("model",))
         assert not (tmp_path / "pwned").exists(), name
+        message = str(info.value)
+        assert "\n" not in message and "set to `False`" not in message  # one line, and no advice to load unsafely
 
 
 def test_learn_load_of_a_bad_file_is_an_error_and_changes_nothing(tmp_path):
