@@ -250,7 +250,7 @@ def _demo_bounds(s: Any) -> tuple[float, float]:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Train a built-in model with ``learn.fit`` and the options given."""
-    from . import Learner, accuracy
+    from . import accuracy
 
     if (args.checkpoint_every is not None or args.resume) and args.checkpoint is None:
         raise CliError(f"argument {'--resume' if args.resume else '--checkpoint-every'}: needs --checkpoint PATH")
