@@ -97,7 +97,11 @@ def checkpoint_callbacks(
 
 
 class Checkpoint(Callback):
-    """Writes checkpoints, resumes from them, and stops (or restores) on divergence."""
+    """Writes checkpoints, resumes from them, and stops (or restores) on divergence.
+
+    On resume the counters are set in this callback's ``on_train_begin`` (order 60):
+    callbacks that need them should read them from ``on_epoch_begin`` on.
+    """
 
     order = 60  # after the recorder (50) has this step's values, before progress output (90)
 
@@ -124,7 +128,6 @@ class Checkpoint(Callback):
 
     def _reset(self) -> None:
         self.saved_at: tuple[int, int, int] | None = None  # counters of the last good checkpoint of this fit
-        self.resumed_from: tuple[int, int, int] | None = None
         self.checked = 0  # recorded losses already checked for divergence
         self.start_state: dict[str, Any] | None = None
         self.validation_rng: tuple[int, dict[str, Any]] | None = None
@@ -249,7 +252,7 @@ class Checkpoint(Callback):
             set_rng_states(state["rng_states"])
         else:
             learn.resume_state = {"epoch_rng_state": state["epoch_rng_state"], "rng_states": state["rng_states"]}
-        self.saved_at = self.resumed_from = (learn.epoch, learn.batch_index, learn.iteration)
+        self.saved_at = (learn.epoch, learn.batch_index, learn.iteration)
 
     # ------------------------------------------------------------------ divergence
     def _check_losses(self) -> None:
@@ -267,13 +270,13 @@ class Checkpoint(Callback):
     def _check_weights(self, step: int) -> None:
         if self.on_nan == "ignore":
             return
-        params = [p.detach() for p in self.learn.model.parameters()]
-        if params and not bool(torch.stack([p.isfinite().all() for p in params]).all()):
+        tensors = [t for t in self.learn.model.state_dict().values() if t.is_floating_point()]  # buffers too
+        if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
             self._diverged(step, "the weights are not finite")
 
     def _diverged(self, step: int, what: str) -> None:
-        learn, rec = self.learn, self.learn.recorder
-        j = min(step, len(rec.iterations) - 1)
+        rec = self.learn.recorder
+        j = min(step, len(rec.iterations) - 1)  # the recorder holds every step of the fit, resumed ones too
         lr = rec.group_lrs[j][-1] if j >= 0 else None
         mom = rec.group_moms[j][-1] if j >= 0 else None
         iteration = rec.iterations[j] if j >= 0 else step

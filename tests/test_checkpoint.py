@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 import clrfit.checkpoint as checkpoint_module
 from clrfit import Callback, Learner, ModelData
-from clrfit.checkpoint import DivergenceError, read_checkpoint
+from clrfit import DivergenceError
+from clrfit.checkpoint import read_checkpoint
 from clrfit.distributed import DistributedContext
 from clrfit.schedules import OneCycle, fit_schedule, one_cycle_schedule
 from clrfit.serialization import temp_files
@@ -164,16 +165,17 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, name, every, 
     assert_same_run(reference, resumed)
 
 
-def test_resume_in_process_after_every_possible_stop(tmp_path):
+@pytest.mark.parametrize("name", ["clr_beta", "one_cycle_adam_accumulate"])
+def test_resume_in_process_after_every_possible_stop(tmp_path, name):
     """Stop (Ctrl-C style) after each step k of a short run, resume, and compare with the full run."""
-    reference = run("clr_beta")
+    reference = run(name)
     total = len(reference.sched.iterations)
     for k in range(1, total):
         ckpt = tmp_path / f"k{k}.ckpt"
         with pytest.raises(KeyboardInterrupt):
-            run("clr_beta", checkpoint=ckpt, callbacks=[InterruptAt(k - 1)])
+            run(name, checkpoint=ckpt, callbacks=[InterruptAt(k - 1)])
         assert read_checkpoint(ckpt)["counters"]["iteration"] == k
-        assert_same_run(reference, run("clr_beta", checkpoint=ckpt, resume=True))
+        assert_same_run(reference, run(name, checkpoint=ckpt, resume=True))
 
 
 class InterruptAt(Callback):
@@ -566,3 +568,26 @@ def test_ddp_kill_and_resume_equals_an_uninterrupted_ddp_run(tmp_path):
         assert resumed["losses"] == reference["losses"] and resumed["lrs"] == reference["lrs"]
         assert all(torch.equal(v, resumed["weights"][k]) for k, v in reference["weights"].items())
         assert resumed["is_main"] == (rank == 0)
+
+
+def test_fp16_gradient_scaler_state_is_resumed(tmp_path):
+    def build_fp16() -> Learner:
+        learn = build()
+        learn = Learner(learn.model, learn.data, precision="fp16", progress=False, table=False)
+        learn.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=4)
+        return learn
+
+    def fit(learn, **kw):
+        learn.fit(0.1, 1, cycle_len=3, use_clr_beta=(10, 13.68, 0.95, 0.85), callbacks=[NoisyDropout(), *kw.pop("cbs", [])],
+                  **kw)
+        return learn
+
+    reference = fit(build_fp16())
+    assert reference.precision.scaler.get_scale() == 2.0 ** (10 + 18 // 4)  # it grew: its state matters
+    ckpt = tmp_path / "c.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_fp16(), checkpoint=ckpt, cbs=[InterruptAt(8)])
+    assert read_checkpoint(ckpt)["precision"]["scaler"]["scale"] == 2.0 ** (10 + 9 // 4)
+    resumed = fit(build_fp16(), checkpoint=ckpt, resume=True)
+    assert resumed.precision.state_dict() == reference.precision.state_dict()
+    assert_same_run(reference, resumed)
