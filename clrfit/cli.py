@@ -3,6 +3,7 @@
 Bad input exits with status 2 and one line, ``clrfit ...: error: <message>``,
 naming the option; that includes the ``ValueError``/``TypeError`` the library
 raises for bad arguments (set ``CLRFIT_DEBUG=1`` to see their tracebacks).
+A diverged fit exits with status 1, Ctrl-C with 130.
 """
 from __future__ import annotations
 
@@ -146,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--fp16", action="store_true", help="mixed precision with float16 and a gradient scaler")
     precision.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="numeric precision (default fp32)")
     fit.add_argument("--compile", action="store_true", help="torch.compile the model")
+    fit.add_argument("--on-nan", choices=("raise", "restore", "ignore"),
+                     help="on a non-finite loss: stop with an error (default), restore the last checkpoint, or go on")
     fit.add_argument("--out", type=Path, help="folder for lr_mom.png, loss.png and model.pt")
     fit.set_defaults(func=cmd_fit)
 
@@ -256,7 +259,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise CliError(f"argument {'--resume' if args.resume else '--checkpoint-every'}: needs --checkpoint PATH")
     learn = _learner(args, precision=dict(fp16=args.fp16, precision=args.precision), metrics=[accuracy])
     options: dict[str, Any] = {}
-    for name in ("checkpoint", "checkpoint_every", "accumulate"):
+    for name in ("checkpoint", "checkpoint_every", "accumulate", "on_nan"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     for flag in ("resume", "compile", "use_wd_sched"):
@@ -423,8 +426,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     prog = f"clrfit {args.command}"
+    from .checkpoint import DivergenceError
+
     try:
         return args.func(args)
+    except DivergenceError as err:  # not bad input: the run itself failed
+        print(f"clrfit: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
     except CliError as err:
         print(f"{prog}: error: {err} (see '{prog} --help')", file=sys.stderr)
         return 2

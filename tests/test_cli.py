@@ -142,6 +142,13 @@ def test_real_process_exit_code_and_message():
     assert version.returncode == 0 and "clrfit" in version.stdout
 
 
+def test_divergence_exits_1_with_one_line(tiny_data, capsys):
+    code, out, err = run(["fit", "--lr", "1e35", "--no-progress"], capsys)
+    assert code == 1
+    line = one_line_error(err)
+    assert "diverged" in line and "lr=1e+35" in line
+
+
 def test_missing_torchvision_data_is_a_clean_error(tmp_path, capsys):
     code, out, err = run(["fit", "--dataset", "cifar10", "--data-path", str(tmp_path), "--lr", "0.1"], capsys)
     assert code == 2
@@ -165,13 +172,14 @@ def test_fit_passes_every_option_to_the_learner(tiny_data, monkeypatch, tmp_path
                           "--cycle-len", "3", "--cycle-mult", "2", "--use-clr-beta", "10,13.68,0.95,0.85",
                           "--wds", "1e-4", "--use-wd-sched", "--bs", "32", "--opt", "adamw",
                           "--checkpoint", str(ckpt), "--checkpoint-every", "50", "--resume", "--accumulate", "2",
-                          "--precision", "bf16", "--compile", "--no-progress", "--threads", "2"], capsys)
+                          "--precision", "bf16", "--compile", "--no-progress", "--threads", "2",
+                          "--on-nan", "restore"], capsys)
     assert code == 0, err
     assert seen["lrs"] == 0.8 and seen["n_cycle"] == 2 and seen["cycle_len"] == 3 and seen["cycle_mult"] == 2
     assert seen["use_clr_beta"] == (10.0, 13.68, 0.95, 0.85) and seen["use_clr"] is None
     assert seen["wds"] == 1e-4 and seen["use_wd_sched"] is True
     assert seen["checkpoint"] == ckpt and seen["checkpoint_every"] == 50 and seen["resume"] is True
-    assert seen["accumulate"] == 2 and seen["compile"] is True
+    assert seen["accumulate"] == 2 and seen["compile"] is True and seen["on_nan"] == "restore"
     learn = seen["learner"]
     assert isinstance(learn.opt, torch.optim.AdamW) and learn.opt.param_groups[0]["weight_decay"] == 0.0
     assert learn.precision.name == "bf16" and learn.progress is False
