@@ -1,5 +1,6 @@
 """clrfit: cyclical learning rates, the 1cycle policy and LR range tests for PyTorch."""
 from .callback import Callback, CancelBatchException, CancelEpochException, CancelFitException
+from .checkpoint import DivergenceError
 from .data import ModelData
 from .learner import Learner
 from .metrics import accuracy, error_rate
@@ -12,6 +13,7 @@ __all__ = [
     "CancelBatchException",
     "CancelEpochException",
     "CancelFitException",
+    "DivergenceError",
     "Learner",
     "ModelData",
     "Recorder",

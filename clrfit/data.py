@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .validation import check_int
+from .validation import check_bool, check_int
 
 
 class ModelData:
@@ -53,6 +53,8 @@ class ModelData:
         bs = check_int("bs", bs, minimum=1)
         val_bs = bs * 2 if val_bs is None else check_int("val_bs", val_bs, minimum=1)
         num_workers = check_int("num_workers", num_workers, minimum=0)
+        check_bool("shuffle", shuffle)
+        check_bool("drop_last", drop_last)
         extra = dict(num_workers=num_workers, pin_memory=torch.cuda.is_available(), **loader_kwargs)
         if num_workers > 0:
             extra.setdefault("persistent_workers", True)

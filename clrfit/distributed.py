@@ -75,6 +75,11 @@ class DistributedContext:
         """The model to train with: ``DistributedDataParallel`` around ``model`` when distributed."""
         if not self.enabled:
             return model
+        if self.backend == "nccl" and device.type != "cuda":
+            raise ValueError(
+                f"device={str(device)!r} under torchrun, but the process group uses NCCL (GPU only); train on the GPU "
+                "(leave device=None), or call torch.distributed.init_process_group('gloo') before building the Learner"
+            )
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None

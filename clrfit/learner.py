@@ -69,6 +69,16 @@ class Learner:
             raise TypeError(f"data must be a clrfit.ModelData; got {type(data).__name__}")
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("model has no trainable parameters (requires_grad=True); there is nothing to train")
+        # Every argument is checked before the model is moved or anything is built.
+        precision_name = resolve_precision(fp16, precision)
+        check_bool("progress", progress)
+        check_bool("table", table)
+        callbacks = _check_callbacks("callbacks", callbacks)
+        for name, fn in (("opt_fn", opt_fn), ("crit", crit)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None; got {fn!r}")
+        _check_metrics(metrics)
+        groups = _param_groups(model, layer_groups)
         self.dist = from_environment()
         self.device = _resolve_device(device, self.dist.local_rank)
         self.channels_last = uses_channels_last(model, self.device)
@@ -79,9 +89,9 @@ class Learner:
         self.callbacks = list(callbacks or [])
         self.path = Path(path)
         self.progress, self.table = check_bool("progress", progress), check_bool("table", table)
-        self.precision = Precision(resolve_precision(fp16, precision), self.device)
+        self.precision = Precision(precision_name, self.device)
         self.opt_fn = opt_fn or default_opt_fn
-        self.opt = self.opt_fn(_param_groups(model, layer_groups), lr=1e-3)
+        self.opt = self.opt_fn(groups, lr=1e-3)
         if not isinstance(self.opt, torch.optim.Optimizer):
             raise TypeError(f"opt_fn must return a torch.optim.Optimizer; got {type(self.opt).__name__}")
         self.train_model: nn.Module = self.dist.wrap(self.model, self.device)
@@ -262,6 +272,10 @@ class Learner:
         if checkpoint_every is not None:
             checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
         fit_callbacks = _check_callbacks("callbacks", callbacks)
+        _check_metrics(metrics)
+        from .checkpoint import checkpoint_callbacks  # validates checkpoint= before any state changes
+
+        fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)
         self._reset_counters()
         self.validate_each_epoch = check_bool("validate", validate)
         self._metrics = list(metrics) if metrics is not None else self.metrics
@@ -277,10 +291,6 @@ class Learner:
         cbs = [ParamScheduler(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult), self.recorder]
         if self.progress or self.table:
             cbs.append(ProgressCallback(bar=self.progress, table=self.table))
-        if checkpoint is not None or on_nan != "ignore":
-            from .checkpoint import checkpoint_callbacks
-
-            cbs.extend(checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan))
         self._run(cbs + self.callbacks + fit_callbacks)
         return self.recorder
 
@@ -342,6 +352,10 @@ class Learner:
         if self.data.val_dl is not None and self.validate_each_epoch:
             self._fire("on_validate_begin")
             self.val_loss, self.val_metrics = self.validate()
+            if self._interrupt_requested:  # a partial validation is no result: stop before recording it
+                self.val_loss, self.val_metrics = None, []
+                self.interrupted = True
+                raise CancelFitException()
             self._fire("on_validate_end")
 
     def _epoch_steps(self) -> Iterator[list[Any]]:
@@ -360,7 +374,8 @@ class Learner:
         self.epoch_rng_state = torch.get_rng_state()
         batches = iter(dl)
         for _ in range(self.batch_index * self.accumulate):
-            next(batches)
+            if next(batches, None) is None:  # resuming at an epoch's end (a short last step)
+                break
         if resume is not None:
             from .serialization import set_rng_states
 
@@ -477,7 +492,7 @@ class Learner:
             self.model.load_state_dict(state["model"])
             if with_opt and "opt" in state:
                 self.opt.load_state_dict(state["opt"])
-        except (RuntimeError, ValueError, KeyError) as err:
+        except Exception as err:  # whatever the file holds, the learner must come back unchanged
             self.model.load_state_dict(model_before)
             self.opt.load_state_dict(opt_before)
             raise ValueError(f"load: {path} does not fit this learner's model/optimizer: {err}") from None
@@ -525,6 +540,11 @@ def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Ca
         if not isinstance(cb, Callback):
             raise TypeError(f"{name} must hold clrfit.Callback instances; got {type(cb).__name__}")
     return callbacks
+
+
+def _check_metrics(metrics: Sequence[Callable] | None) -> None:
+    if metrics is not None and (isinstance(metrics, (str, bytes)) or not all(callable(m) for m in metrics)):
+        raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
 
 
 def _overrides(cb: Callback, event: str) -> bool:

@@ -16,14 +16,27 @@ def _figure(n_rows: int = 1, width: float = 6.4, row_height: float = 3.2):
 
 
 def _register_notebook_display() -> None:
-    # Importing pyplot inside a Jupyter kernel installs the inline backend's
-    # display formatters, so a returned Figure renders as an image.
+    # A Figure made without pyplot has no display hook of its own: inside IPython,
+    # register a PNG formatter for Figure unless one (inline backend, user's
+    # choice of format) is already there, so a returned Figure renders as an image.
     try:
         from IPython import get_ipython
     except ImportError:
         return
-    if get_ipython() is not None:
-        import matplotlib.pyplot  # noqa: F401
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    for mime, formatter in shell.display_formatter.formatters.items():
+        if mime == "text/plain":
+            continue
+        try:
+            formatter.lookup_by_type(Figure)
+            return
+        except KeyError:
+            continue
+    from IPython.core.pylabtools import select_figure_formats
+
+    select_figure_formats(shell, {"png"})
 
 
 def plot_lr_mom(
@@ -67,4 +80,38 @@ def plot_series(
     ax.set_ylabel(ylabel)
     if log_x:
         ax.set_xscale("log")
+    return fig
+
+
+def plot_range_test(
+    lrs: Sequence[float],
+    panels: Sequence[tuple[str, Sequence[float]]],
+    n_skip: int = 0,
+    n_skip_end: int = 0,
+    log_x: bool = True,
+    suggestions=None,
+) -> Figure:
+    """An LR range test: one panel per ``(label, values)`` against lr, suggested lrs marked on each."""
+    lrs = list(lrs)
+    end = len(lrs) - n_skip_end
+    fig, axes = _figure(len(panels), row_height=3.2 if len(panels) == 1 else 2.6)
+    marks = []
+    if suggestions is not None:
+        bounds = suggestions.clr_bounds
+        marks = [(name, getattr(suggestions, name), color)
+                 for name, color in (("minimum", "C1"), ("steep", "C2"), ("valley", "C3"))]
+        marks = [(name, value, color) for name, value, color in marks if value == value]  # drop nan
+    for ax, (label, values) in zip(axes, panels):
+        ax.plot(lrs[n_skip:end], list(values)[n_skip:end], color="C0")
+        ax.set_ylabel(label)
+        if log_x:
+            ax.set_xscale("log")
+        for name, value, color in marks:
+            ax.axvline(value, color=color, linestyle="--", linewidth=1, label=f"{name} {value:.2g}")
+        if suggestions is not None and bounds.base_lr == bounds.base_lr:
+            ax.axvspan(bounds.base_lr, bounds.max_lr, color="C4", alpha=0.12,
+                       label=f"CLR {bounds.base_lr:.2g}..{bounds.max_lr:.2g}")
+    if suggestions is not None:
+        axes[0].legend(fontsize="small")
+    axes[-1].set_xlabel("learning rate" + (" (log scale)" if log_x else ""))
     return fig

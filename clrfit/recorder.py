@@ -70,7 +70,7 @@ class Recorder(Callback):
 
     def on_batch_end(self) -> None:
         loss = self.learn.step_loss
-        self._pending.append(loss if loss is not None else torch.tensor(float("nan")))
+        self._pending.append(loss if loss is not None else torch.full((), float("nan"), device=self.learn.device))
         if len(self._pending) >= self.flush_every:
             self.flush()
 
@@ -91,7 +91,9 @@ class Recorder(Callback):
         """Read pending device losses back to the host (one sync) and smooth them."""
         if not self._pending:
             return
-        values = torch.stack([p.detach().float().reshape(()).cpu() for p in self._pending]).tolist()
+        # Stack on the device and copy once: one host sync per flush, not one per loss.
+        device = self._pending[0].device
+        values = torch.stack([p.detach().float().reshape(()).to(device) for p in self._pending]).cpu().tolist()
         self._pending = []
         for value in values:
             self.add_loss(value)

@@ -1,8 +1,11 @@
 """Files and random state: atomic writes, safe loads, RNG snapshots."""
 from __future__ import annotations
 
+import glob
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +25,7 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -29,6 +33,37 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
             pass
         raise
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder entry is on disk (POSIX; a no-op elsewhere).
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_files(path: str | Path) -> list[Path]:
+    """Temporary files that :func:`save_state` writes next to ``path`` (left behind only by a killed process)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def remove_temp_files(path: str | Path) -> int:
+    """Delete the temporary files a killed writer of ``path`` left behind; returns how many."""
+    removed = 0
+    for tmp in temp_files(path):
+        try:
+            tmp.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def load_state(path: str | Path, device: torch.device | str = "cpu", required: Sequence[str] = ()) -> dict[str, Any]:
@@ -41,14 +76,31 @@ def load_state(path: str | Path, device: torch.device | str = "cpu", required: S
         raise FileNotFoundError(f"no such file: {path}")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} is not a clrfit/torch state file, or holds pickled objects other than tensors and plain "
+            f"containers, which are refused because loading them could run code ({_reason(err)})"
+        ) from None
     except Exception as err:  # torch raises many types for a bad file
-        raise ValueError(f"{path} is not a readable clrfit/torch state file (corrupt, truncated or foreign): {err}") from None
+        raise ValueError(f"{path} is not a readable clrfit/torch state file (corrupt, truncated or foreign): {_reason(err)}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a clrfit state dict")
     missing = [k for k in required if k not in state]
     if missing:
         raise ValueError(f"{path} is not a clrfit file of this kind: missing {', '.join(missing)}")
     return state
+
+
+def _reason(err: Exception) -> str:
+    """The informative part of torch's load error, without its advice to load unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please |\n|$)", text)
+    if found and found.group(1).strip():
+        return found.group(1).strip()
+    if text.startswith("Weights only load failed"):
+        return "not a pickle that weights_only loading accepts"
+    line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return line[:200]
 
 
 def get_rng_states() -> dict[str, Any]:

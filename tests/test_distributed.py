@@ -85,6 +85,12 @@ def test_bad_environment_values(torchrun_env, name, value, message):
         from_environment()
 
 
+def test_nccl_with_a_cpu_device_is_a_clear_error():
+    ctx = DistributedContext(world_size=2, rank=0, backend="nccl")
+    with pytest.raises(ValueError, match=r"device='cpu' under torchrun, but the process group uses NCCL"):
+        ctx.wrap(nn.Linear(2, 2), torch.device("cpu"))
+
+
 # ---------------------------------------------------------------------- sharding
 
 
@@ -189,7 +195,8 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path, monkeypatch):
     for name in TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     worker = _load_worker()
-    for key, global_bs, kwargs in (("plain", world * bs, {}), ("accumulate", 2 * world * bs, {})):
+    runs = (("plain", world * bs, {}), ("accumulate", 2 * world * bs, {}), ("compiled", world * bs, {}))
+    for key, global_bs, kwargs in runs:
         single = worker.run(global_bs, **kwargs)
         r0, r1 = ranks[0][key], ranks[1][key]
         assert r0["nb"] == r1["nb"] == single["nb"]
@@ -206,9 +213,18 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path, monkeypatch):
             torch.tensor(single["metrics"]).flatten().tolist(), abs=1e-6)
         assert (r0["is_main"], r1["is_main"]) == (True, False)
         assert r0["train_model"] == "DistributedDataParallel"
+        assert r0["compiled"] is (key == "compiled")  # torch.compile(DDP(model))
         # any_rank: rank 1 alone raised the flag, and both ranks agree.
         assert r0["any_rank"] is r1["any_rank"] is True
         assert r0["none_rank"] is r1["none_rank"] is False
+    # lr_find2: every rank stops at the same step (the losses are reduced before the decision), like one process.
+    f0, f1, single = ranks[0]["finder"], ranks[1]["finder"], worker.run_finder(world * bs)
+    assert f0["diverged"] and f1["diverged"] and single["diverged"]
+    assert f0["iterations"] == f1["iterations"] == single["iterations"] and len(f0["iterations"]) < 40
+    assert f0["lrs"] == single["lrs"]
+    assert f0["raw_losses"] == f1["raw_losses"] == pytest.approx(single["raw_losses"], rel=1e-5)
+    assert f0["val_losses"] == pytest.approx(single["val_losses"], rel=1e-4)  # rounding grows as it diverges
+    assert f0["restored"] and f1["restored"]
     # BatchNorm: each rank normalises its own batch, but validation (and the saved model) use rank 0's buffers.
     bn0, bn1 = ranks[0]["batchnorm"]["state"], ranks[1]["batchnorm"]["state"]
     assert all(torch.equal(bn0[k], bn1[k]) for k in bn0)

@@ -147,3 +147,30 @@ def test_precision_works_with_accumulation():
     rec = fit_clr_beta(learn, accumulate=2)
     assert learn.nb == 6
     assert rec.lrs == pytest.approx(one_cycle_expected(12)[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("finder", ["lr_find", "lr_find2"])
+def test_lr_finders_under_reduced_precision(precision, finder):
+    learn = make_learner(precision=precision, data=make_data(bs=4))
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    scale = learn.precision.loss_scale
+    probe, skip = DtypeProbe(), ForceInfGrad(at=3 if precision == "fp16" else -1)  # bf16 has no scaler to skip
+    start, end = 1e-4, 1.0
+    if finder == "lr_find":
+        learn.lr_find(start_lr=start, end_lr=end, callbacks=[probe, skip])
+        n = learn._steps_per_epoch()
+    else:
+        n = 20
+        learn.lr_find2(start_lr=start, end_lr=end, num_it=n, callbacks=[probe, skip])
+    rec = learn.sched
+    assert probe.pred_dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    # One sweep position per optimizer step, even for the step the fp16 scaler skipped.
+    assert rec.iterations == list(range(n)) and not rec.diverged
+    assert rec.lrs == pytest.approx([start * (end / start) ** (i / (n - 1)) for i in range(n)], rel=1e-12)
+    if precision == "fp16":
+        assert skip.changed == [t != 3 for t in range(n)]
+        assert skip.scale_after == skip.scale_before / 2
+    # The finder leaves weights and the loss scale as they were.
+    assert all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))
+    assert learn.precision.loss_scale == scale

@@ -1,0 +1,96 @@
+"""Cost of an LR range test per iteration, relative to a plain training iteration on the same data.
+
+``lr_find2`` does one training step plus one validation batch (forward only) per
+iteration, reads the loss back every step, and snapshots/restores the learner
+once; a plain iteration is one training step of the same learner
+(``learn.train(..., validate=False)``). Both run on the same learner, alternating
+round by round; the script prints each round and the median seconds per
+iteration and ratios (target: ``lr_find2 / plain <= 2``).
+
+Data and model: MNIST-1D (``clrfit.datasets.mnist1d``, 4000/1000 samples,
+batch 128, so a validation batch is 256 samples) with ``clrfit.models.mnist1d_cnn``;
+``--synthetic`` uses random data of the same shape instead.
+
+    python benchmarks/lr_find_cost.py [--num-it 100] [--rounds 5] [--threads N] [--synthetic]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from clrfit import Learner, ModelData, accuracy
+from clrfit.schedules import ConstantLR
+
+
+def mnist1d_learner(synthetic: bool, bs: int) -> tuple[Learner, str]:
+    """The learner both timings use, and a description of its data."""
+    from clrfit.models import mnist1d_cnn
+
+    if synthetic:
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(5000, 1, 40, generator=g), torch.randint(0, 10, (5000,), generator=g)
+        data, name = ModelData.from_tensors(x[:4000], y[:4000], x[4000:], y[4000:], bs=bs), "synthetic MNIST-1D-shaped"
+    else:
+        from clrfit.datasets import mnist1d
+
+        data, name = mnist1d(bs=bs), "MNIST-1D"
+    torch.manual_seed(0)
+    learn = Learner(mnist1d_cnn(), data, metrics=[accuracy], progress=False, table=False)
+    return learn, f"{name}: {data!r}, mnist1d_cnn"
+
+
+def time_plain(learn: Learner, n: int) -> float:
+    """Seconds per plain training iteration over ``n`` iterations."""
+    epochs = -(-n // len(learn.data.trn_dl))
+    schedule = ConstantLR((1e-3,) * learn.n_groups, total=epochs * len(learn.data.trn_dl))
+    start = time.perf_counter()
+    learn.train(schedule, epochs, validate=False)
+    return (time.perf_counter() - start) / (epochs * len(learn.data.trn_dl))
+
+
+def time_finder(learn: Learner, n: int, validate: bool) -> float:
+    """Seconds per range-test iteration (snapshot and restore included)."""
+    start = time.perf_counter()
+    if validate:
+        learn.lr_find2(start_lr=1e-5, end_lr=1.0, num_it=n, stop_dv=False)
+    else:
+        learn.lr_find(start_lr=1e-5, end_lr=1.0)
+    steps = len(learn.sched.iterations)
+    assert steps == (n if validate else len(learn.data.trn_dl)), steps
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-it", type=int, default=96, help="iterations per timed run (default 96: 3 epochs)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bs", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--synthetic", action="store_true", help="random data instead of MNIST-1D")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    learn, described = mnist1d_learner(args.synthetic, args.bs)
+    print(f"{described}; torch {torch.__version__}, {torch.get_num_threads()} threads, device {learn.device}")
+    time_plain(learn, len(learn.data.trn_dl))  # warm-up
+    time_finder(learn, 10, validate=True)
+    rows = {"plain": [], "lr_find": [], "lr_find2": []}
+    for r in range(args.rounds):
+        rows["plain"].append(time_plain(learn, args.num_it))
+        rows["lr_find"].append(time_finder(learn, args.num_it, validate=False))
+        rows["lr_find2"].append(time_finder(learn, args.num_it, validate=True))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1] * 1e3:.2f} ms/it" for k, v in rows.items())
+              + f", lr_find2/plain {rows['lr_find2'][-1] / rows['plain'][-1]:.2f}")
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    per_round = [f / p for f, p in zip(rows["lr_find2"], rows["plain"])]
+    print(f"median ms/it: plain {med['plain'] * 1e3:.2f}, lr_find {med['lr_find'] * 1e3:.2f}, "
+          f"lr_find2 {med['lr_find2'] * 1e3:.2f}")
+    print(f"ratio lr_find/plain {med['lr_find'] / med['plain']:.2f}; lr_find2/plain {med['lr_find2'] / med['plain']:.2f} "
+          f"(median of per-round ratios {statistics.median(per_round):.2f}, target <= 2)")
+
+
+if __name__ == "__main__":
+    main()

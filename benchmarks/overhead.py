@@ -1,0 +1,132 @@
+"""Overhead of ``learn.fit`` over a hand-written PyTorch loop doing the same work.
+
+Same model (the MNIST-1D CNN), same initial weights, same DataLoader and seed,
+same epochs and the same 1cycle lr/momentum values set every step; both
+validate (loss and accuracy) after each epoch. Runs alternate (learner, raw,
+raw, learner, ...) so drifting machine load hits both alike. Prints the median
+of the per-pair wall-time ratios learner / raw (target: <= 1.05 on CPU), the
+same for process CPU time (steadier when other jobs share the cores), and
+whether both ended with identical weights (they should: the work is the same).
+
+    python benchmarks/overhead.py [--runs 7] [--epochs 5]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's clrfit, not an installed one
+
+from clrfit import Learner, accuracy  # noqa: E402
+from clrfit.datasets import mnist1d  # noqa: E402
+from clrfit.models import mnist1d_cnn  # noqa: E402
+
+LR, DIV, PCT, MAX_MOM, MIN_MOM = 0.5, 10.0, 10.0, 0.95, 0.85
+
+
+def one_cycle(t: int, n: int) -> tuple[float, float]:
+    """1cycle lr and momentum at step t of n (SCHEDULES.md), written out by hand for the raw loop."""
+    c = int(n * (1 - PCT / 100) / 2)
+    if t > 2 * c:
+        return LR * (1 - 0.99 * (t - 2 * c) / (n - 2 * c)) / DIV, MAX_MOM
+    p = t / c if t <= c else 1 - (t - c) / c
+    return LR * (1 + p * (DIV - 1)) / DIV, MAX_MOM - p * (MAX_MOM - MIN_MOM)
+
+
+def raw_fit(model: nn.Module, data, epochs: int) -> list[float]:
+    """The plain PyTorch loop: SGD momentum 0.9, per-step lr/momentum, validation each epoch."""
+    opt = torch.optim.SGD(model.parameters(), lr=LR / DIV, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    n = epochs * len(data.trn_dl)
+    t = 0
+    accs = []
+    for _ in range(epochs):
+        model.train()
+        for xb, yb in data.trn_dl:
+            lr, mom = one_cycle(t, n)
+            for g in opt.param_groups:
+                g["lr"], g["momentum"] = lr, mom
+            loss = crit(model(xb), yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t += 1
+        model.eval()
+        with torch.no_grad():
+            correct = total_loss = 0.0
+            for xb, yb in data.val_dl:
+                pred = model(xb)
+                total_loss += crit(pred, yb) * len(yb)
+                correct += (pred.argmax(-1) == yb).sum()
+        accs.append(float(correct) / len(data.val_ds))
+    return accs
+
+
+def learner_fit(model: nn.Module, data, epochs: int) -> list[float]:
+    """The same training through clrfit (progress bar and table off)."""
+    learn = Learner(model, data, metrics=[accuracy], progress=False, table=False)
+    learn.fit(LR, 1, cycle_len=epochs, use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM))
+    return [m[0] for m in learn.sched.rec_metrics]
+
+
+def timed(fn, init_state: dict, data, epochs: int, seed: int) -> tuple[float, float, nn.Module, list[float]]:
+    """Wall and process CPU seconds of one training run, the trained model and its accuracies."""
+    model = mnist1d_cnn()
+    model.load_state_dict(init_state)
+    torch.manual_seed(seed)  # same shuffling order for both loops
+    start, cpu_start = time.perf_counter(), time.process_time()
+    accs = fn(model, data, epochs)
+    return time.perf_counter() - start, time.process_time() - cpu_start, model, accs
+
+
+def main() -> None:
+    """Alternate learner and raw runs; print the times and the median ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="runs of each loop (default 7)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per run (default 5)")
+    parser.add_argument("--bs", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = mnist1d(bs=args.bs)
+    init_state = copy.deepcopy(mnist1d_cnn().state_dict())
+    timed(raw_fit, init_state, data, 1, 0)  # warm-up (allocator, kernels) outside the measurement
+    timed(learner_fit, init_state, data, 1, 0)
+    learner_times, raw_times, ratios, cpu_ratios = [], [], [], []
+    same = True
+    for r in range(args.runs):
+        order = [("learner", learner_fit), ("raw", raw_fit)]
+        if r % 2:
+            order.reverse()
+        results = {}
+        for name, fn in order:
+            results[name] = timed(fn, init_state, data, args.epochs, seed=r)
+        t_l, c_l, m_l, acc_l = results["learner"]
+        t_r, c_r, m_r, acc_r = results["raw"]
+        same &= all(torch.equal(a, b) for a, b in zip(m_l.state_dict().values(), m_r.state_dict().values()))
+        learner_times.append(t_l)
+        raw_times.append(t_r)
+        ratios.append(t_l / t_r)
+        cpu_ratios.append(c_l / c_r)
+        print(f"run {r}: learner {t_l:.3f}s  raw {t_r:.3f}s  ratio {t_l / t_r:.3f}  cpu ratio {c_l / c_r:.3f}  "
+              f"val acc {acc_l[-1]:.3f} / {acc_r[-1]:.3f}")
+    steps = args.epochs * len(data.trn_dl)
+    print(f"\n{args.runs} runs x {args.epochs} epochs ({steps} steps, bs {args.bs}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads)")
+    print(f"median time: learner {statistics.median(learner_times):.3f}s, raw {statistics.median(raw_times):.3f}s")
+    print(f"identical final weights in every run: {same}")
+    print(f"median CPU-time ratio learner/raw: {statistics.median(cpu_ratios):.3f} (steadier on a shared machine)")
+    print(f"median ratio learner/raw: {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""LR range tests (Leslie Smith): ``lr_find`` and ``lr_find2``, run so that the learner is left exactly as it was.
+
+Both sweep the learning rate up from ``start_lr`` to ``end_lr`` (see
+:class:`clrfit.schedules.LRSweep`), one value per optimizer step, and record the
+training loss of every step in a :class:`RangeTestRecorder`, which becomes
+``learn.sched`` (``learn.lr_find(); learn.sched.plot()``). ``learn.recorder``, the
+history of the last fit, is never touched.
+
+- ``lr_find``: at most one epoch (one step per training batch).
+- ``lr_find2``: exactly ``num_it`` steps, across epochs if needed, and after every
+  step the loss and metrics on the next validation batch (the validation loader
+  is cycled).
+
+Smoothed loss: the debiased EMA ``avg = 0.98*avg + 0.02*loss``,
+``smooth = avg / (1 - 0.98**k)``. The sweep stops early (divergence; always for
+``lr_find``, unless ``stop_dv=False`` for ``lr_find2``) when the loss is NaN/inf or
+the smoothed loss exceeds 4 x the best smoothed loss so far; that last step is
+recorded.
+
+Restoration: before the sweep, every parameter, buffer and gradient of the
+model, the optimizer's state and param groups, the RNG states (torch, CUDA,
+numpy, python, and any DataLoader generators), the fp16 grad scaler, learner-level
+callbacks' ``state_dict`` and every attribute of the learner are snapshotted in
+host memory; they are put back whatever ends the sweep (finished, diverged, an
+exception, Ctrl-C). Nothing is written to disk, so finders never collide.
+On an exception the learner keeps its previous ``learn.sched``; the partial
+recorder is attached to the exception as ``err.range_test``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import torch
+
+from .callback import Callback, CancelFitException
+from .recorder import SMOOTHING, Recorder
+from .schedules import LRSweep
+from .serialization import get_rng_states, set_rng_states
+from .suggest import Suggestions, suggest
+from .validation import as_group_values, check_bool, check_int, check_number
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from .learner import Learner
+
+DIVERGENCE_FACTOR = 4.0
+
+
+class RangeTestRecorder(Recorder):
+    """``learn.sched`` after a range test: lrs, raw and smoothed losses, per-step validation, suggestions, plots."""
+
+    def __init__(self, num_it: int, stop_dv: bool = True, val_dl: Any = None, linear: bool = False) -> None:
+        super().__init__()
+        self.num_it = num_it
+        self.stop_dv = stop_dv
+        self.linear = linear
+        self.val_dl = val_dl
+        self.best_loss = math.inf
+        self.diverged = False
+        self.suggestions: Suggestions | None = None
+        self._val_batches: Iterator[Any] | None = None
+        self._first_val_batch: Any = None
+
+    @property
+    def validates_each_step(self) -> bool:
+        """True for ``lr_find2``: one validation batch after every step."""
+        return self.val_dl is not None
+
+    def on_train_begin(self) -> None:
+        self.metric_names = list(self.learn.metric_names) if self.validates_each_step else []
+        if self.validates_each_step:
+            # Fetched before the first step so an empty loader fails before any weight changes.
+            self._val_batches = iter(self.val_dl)
+            self._first_val_batch = self._next_val_batch(restart=False)
+
+    def on_batch_end(self) -> None:
+        learn = self.learn
+        loss = learn.step_loss if learn.step_loss is not None else torch.tensor(math.nan)
+        stats = [loss.detach().reshape(()).to(learn.device, torch.float64)]
+        if self.validates_each_step:
+            stats += self._validation_step()
+        values = torch.stack(stats)
+        learn.dist.all_reduce_sum(values)  # same numbers, hence same stop decision, on every rank
+        values = values.tolist()
+        loss = values[0] / learn.dist.world_size
+        smooth = self.add_loss(loss)
+        if self.validates_each_step:
+            count = values[2]
+            self.val_losses.append(values[1] / count)
+            self.rec_metrics.append([v / count for v in values[3:]])
+        if self.stop_dv and (not math.isfinite(loss) or not math.isfinite(smooth)
+                             or smooth > DIVERGENCE_FACTOR * self.best_loss):
+            self.diverged = True
+            raise CancelFitException()
+        self.best_loss = min(self.best_loss, smooth)
+        if len(self.raw_losses_) >= self.num_it:
+            raise CancelFitException()
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self._val_batches = self._first_val_batch = None
+
+    @torch.no_grad()
+    def _validation_step(self) -> list[torch.Tensor]:
+        """``[loss * n, n, metric * n, ...]`` on the next validation batch, as float64 device scalars."""
+        learn = self.learn
+        if self._first_val_batch is not None:
+            batch, self._first_val_batch = self._first_val_batch, None
+        else:
+            batch = self._next_val_batch(restart=True)
+        model = learn.eval_model
+        was_training = model.training
+        model.eval()
+        learn.dist.broadcast_buffers(learn.model)  # as in learn.validate: rank 0's BatchNorm statistics
+        try:
+            xb, yb = learn._to_device(batch)
+            with learn.precision.autocast():
+                pred = model(xb)
+                loss = learn.crit(pred, yb)
+        finally:
+            model.train(was_training)
+        n = torch.tensor(float(len(yb)), device=learn.device, dtype=torch.float64)
+        values = [loss.detach().double().reshape(()) * n, n]
+        values += [metric(pred.float(), yb).double().reshape(()) * n for metric in learn._metrics]
+        return values
+
+    def _next_val_batch(self, restart: bool) -> Any:
+        try:
+            return next(self._val_batches)
+        except StopIteration:
+            if restart:
+                self._val_batches = iter(self.val_dl)
+                for batch in self._val_batches:
+                    return batch
+            raise ValueError("learn.data.val_dl yielded no batches; lr_find2 needs at least one validation batch") from None
+
+    # ------------------------------------------------------------------ plots
+    def plot(self, n_skip: int = 10, n_skip_end: int = 5, smoothed: bool = True, suggestions: bool = True) -> "Figure":
+        """Loss vs lr (log x unless the sweep was linear), suggestions marked; returns the Figure.
+
+        After ``lr_find2``: stacked panels for training loss, validation loss and each
+        metric. ``smoothed=True`` draws every curve as the debiased EMA (0.98) of its
+        values; ``smoothed=False`` the raw values. The first ``n_skip`` and last
+        ``n_skip_end`` points are left out.
+        """
+        from .plots import plot_range_test
+
+        n_skip = check_int("n_skip", n_skip, minimum=0)
+        n_skip_end = check_int("n_skip_end", n_skip_end, minimum=0)
+        check_bool("smoothed", smoothed)
+        check_bool("suggestions", suggestions)
+        n = len(self.iterations)
+        if n - n_skip - n_skip_end < 2:
+            raise ValueError(
+                f"n_skip={n_skip} and n_skip_end={n_skip_end} leave {max(n - n_skip - n_skip_end, 0)} of the {n} "
+                "recorded points; at least 2 are needed: lower n_skip / n_skip_end"
+            )
+        panels = [("training loss" + (" (smoothed)" if smoothed else ""), self.losses if smoothed else self.raw_losses)]
+        if self.validates_each_step:
+            smooth = smooth_curve if smoothed else list
+            suffix = " (smoothed)" if smoothed else ""
+            panels.append(("validation loss" + suffix, smooth(self.val_losses)))
+            for j, name in enumerate(self.metric_names):
+                panels.append((name + suffix, smooth([row[j] for row in self.rec_metrics])))
+        marks = self.suggestions if suggestions else None
+        return plot_range_test(self.lrs, panels, n_skip, n_skip_end, log_x=not self.linear, suggestions=marks)
+
+    def __repr__(self) -> str:
+        ending = "diverged" if self.diverged else "finished"
+        kind = "lr_find2" if self.validates_each_step else "lr_find"
+        return f"RangeTestRecorder({kind}, {len(self.iterations)} of {self.num_it} iterations, {ending})"
+
+
+def smooth_curve(values: Sequence[float], beta: float = SMOOTHING) -> list[float]:
+    """Debiased EMA of a sequence: ``avg = beta*avg + (1-beta)*v``, ``smooth = avg / (1 - beta**k)``."""
+    avg, out = 0.0, []
+    for k, value in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * value
+        out.append(avg / (1 - beta**k))
+    return out
+
+
+# --------------------------------------------------------------------------- the finders
+
+
+def lr_find(
+    learn: "Learner",
+    start_lr: float | Sequence[float] = 1e-5,
+    end_lr: float = 10,
+    wds: float | Sequence[float] | None = None,
+    linear: bool = False,
+    callbacks: Sequence[Callback] | None = None,
+    metrics: Sequence[Callable] | None = None,
+) -> Suggestions:
+    """LR range test over at most one epoch; stops when the loss diverges. Returns the suggestions.
+
+    ``learn.sched`` then holds the sweep (``learn.sched.plot()``); everything else about
+    the learner is exactly as before.
+    """
+    start_lrs, end_lr, linear = _check_sweep(learn, start_lr, end_lr, linear)
+    _check_wds(learn, wds)
+    nb = learn._steps_per_epoch()
+    if nb < 2:
+        raise ValueError(
+            f"lr_find sweeps over one epoch, but the training loader has {nb} batch; at least 2 are needed "
+            "(use lr_find2(num_it=...), which runs across epochs, or a smaller batch size)"
+        )
+    recorder = RangeTestRecorder(nb, stop_dv=True, linear=linear)
+    return _range_test(learn, LRSweep(start_lrs, end_lr, nb, linear), 1, recorder, wds, callbacks, metrics)
+
+
+def lr_find2(
+    learn: "Learner",
+    start_lr: float | Sequence[float] = 1e-5,
+    end_lr: float = 10,
+    num_it: int = 100,
+    wds: float | Sequence[float] | None = None,
+    linear: bool = False,
+    stop_dv: bool = True,
+    callbacks: Sequence[Callback] | None = None,
+    metrics: Sequence[Callable] | None = None,
+) -> Suggestions:
+    """LR range test over ``num_it`` steps (across epochs), validating on the next validation batch after each step.
+
+    ``learn.sched.val_losses`` and ``learn.sched.rec_metrics`` get one entry per step.
+    With ``stop_dv=False`` the sweep runs all ``num_it`` steps even if the loss diverges.
+    Returns the suggestions; the learner is left exactly as before.
+    """
+    start_lrs, end_lr, linear = _check_sweep(learn, start_lr, end_lr, linear)
+    num_it = check_int("num_it", num_it, minimum=2)
+    stop_dv = check_bool("stop_dv", stop_dv)
+    _check_wds(learn, wds)
+    val_dl = learn.data.val_dl
+    if val_dl is None:
+        raise ValueError("lr_find2 validates one batch after every step and needs a validation loader; "
+                         "learn.data.val_dl is None (pass a validation set to ModelData, or use lr_find)")
+    if hasattr(val_dl, "__len__") and len(val_dl) == 0:
+        raise ValueError("learn.data.val_dl is empty (0 batches); lr_find2 needs at least one validation batch")
+    n_epochs = math.ceil(num_it / learn._steps_per_epoch())
+    recorder = RangeTestRecorder(num_it, stop_dv=stop_dv, val_dl=val_dl, linear=linear)
+    return _range_test(learn, LRSweep(start_lrs, end_lr, num_it, linear), n_epochs, recorder, wds, callbacks, metrics)
+
+
+def _check_sweep(learn: "Learner", start_lr: Any, end_lr: Any, linear: Any) -> tuple[tuple[float, ...], float, bool]:
+    start_lrs = as_group_values("start_lr", start_lr, learn.n_groups, positive=True)
+    end_lr = check_number("end_lr", end_lr, minimum=0.0, exclusive_min=True)
+    if end_lr <= start_lrs[-1]:
+        which = "start_lr" if len(start_lrs) == 1 else "the last layer group's start_lr"
+        raise ValueError(f"end_lr must be greater than {which} ({start_lrs[-1]:g}); got end_lr={end_lr:g}")
+    return start_lrs, end_lr, check_bool("linear", linear)
+
+
+def _check_wds(learn: "Learner", wds: Any) -> None:
+    if wds is not None:
+        as_group_values("wds", wds, learn.n_groups, minimum=0.0)
+
+
+def _range_test(
+    learn: "Learner",
+    sweep: LRSweep,
+    n_epochs: int,
+    recorder: RangeTestRecorder,
+    wds: Any,
+    callbacks: Sequence[Callback] | None,
+    metrics: Sequence[Callable] | None,
+) -> Suggestions:
+    snapshot = LearnerSnapshot(learn)
+    try:
+        learn.table = False  # a per-epoch table means nothing for a sweep; the bar stays
+        learn.train(sweep, n_epochs, wds=wds, callbacks=callbacks, metrics=metrics, on_nan="ignore",
+                    recorder=recorder, validate=False)
+    except BaseException as err:
+        with _sigint_deferred():
+            snapshot.restore()
+        err.range_test = recorder
+        raise
+    with _sigint_deferred():
+        snapshot.restore()
+        learn.sched = recorder
+    recorder.suggestions = suggest(recorder.lrs, recorder.losses)
+    return recorder.suggestions
+
+
+# --------------------------------------------------------------------------- exact restoration
+
+
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", copy=True)
+
+
+class LearnerSnapshot:
+    """Everything a training run can change on a learner, copied to host memory; :meth:`restore` puts it back exactly."""
+
+    def __init__(self, learn: "Learner") -> None:
+        self.learn = learn
+        copies: dict[int, torch.Tensor] = {}  # tied weights are copied once
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in copies:
+                copies[id(t)] = _host_copy(t)
+            return copies[id(t)]
+
+        modules = list({id(m): m for model in (learn.train_model, learn.eval_model, learn.model)
+                        for m in model.modules()}.values())
+        self.modes = [(m, m.training) for m in modules]
+        # Tensors are put back into the very objects the model held (the optimizer refers to them).
+        self.tensors = [(slots, name, t, None if t is None else keep(t))
+                        for m in modules for slots in (m._parameters, m._buffers) for name, t in list(slots.items())]
+        self.grads = [(p, None if p.grad is None else _host_copy(p.grad)) for p in learn.model.parameters()]
+        opt = learn.opt
+        self.opt_attrs = dict(opt.__dict__)
+        self.groups = [(g, list(g.items()), {k: copy.deepcopy(v) for k, v in g.items() if k != "params"})
+                       for g in opt.param_groups]
+        self.group_list = list(opt.param_groups)
+        self.opt_state_obj = opt.state
+        self.opt_state = {p: (s, [(k, v, _host_copy(v) if torch.is_tensor(v) else copy.deepcopy(v)) for k, v in s.items()])
+                          for p, s in opt.state.items()}
+        self.precision = copy.deepcopy(learn.precision.state_dict())
+        self.callbacks = [(cb, copy.deepcopy(cb.state_dict())) for cb in learn.callbacks]
+        self.generators = [(g, g.get_state()) for g in _loader_generators(learn)]
+        self.attrs = dict(learn.__dict__)
+        self.rng = get_rng_states()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put everything back, bit for bit."""
+        learn = self.learn
+        for slots, name, original, saved in self.tensors:
+            slots[name] = original
+            if original is not None:
+                original.copy_(saved)
+        for p, grad in self.grads:
+            p.grad = None if grad is None else grad.to(p.device)
+        for module, training in self.modes:
+            module.training = training
+        self._restore_optimizer()
+        learn.precision.load_state_dict(copy.deepcopy(self.precision))
+        for cb, state in self.callbacks:
+            cb.load_state_dict(copy.deepcopy(state))
+        for generator, state in self.generators:
+            generator.set_state(state)
+        learn.__dict__.clear()
+        learn.__dict__.update(self.attrs)
+        set_rng_states(self.rng)
+
+    def _restore_optimizer(self) -> None:
+        opt = self.learn.opt
+        opt.__dict__.clear()
+        opt.__dict__.update(self.opt_attrs)
+        opt.param_groups[:] = self.group_list
+        for group, items, saved in self.groups:
+            group.clear()
+            group.update((k, v if k == "params" else saved[k]) for k, v in items)
+        state = self.opt_state_obj
+        opt.state = state
+        for p in [p for p in state if p not in self.opt_state]:
+            del state[p]
+        for p, (entry, values) in self.opt_state.items():
+            entry.clear()
+            for key, original, saved in values:
+                if torch.is_tensor(original):
+                    original.copy_(saved)
+                    entry[key] = original
+                else:
+                    entry[key] = saved
+            state[p] = entry
+
+
+def _loader_generators(learn: "Learner") -> list[torch.Generator]:
+    """Explicit ``torch.Generator``s of the data loaders (shuffling with one does not use the global RNG)."""
+    found: dict[int, torch.Generator] = {}
+    for dl in (learn.data.trn_dl, learn.data.val_dl):
+        if dl is None:
+            continue
+        batch_sampler = getattr(dl, "batch_sampler", None)
+        for owner in (dl, getattr(dl, "sampler", None), getattr(batch_sampler, "sampler", None)):
+            g = getattr(owner, "generator", None)
+            if isinstance(g, torch.Generator):
+                found[id(g)] = g
+    return list(found.values())
+
+
+class _sigint_deferred:
+    """Hold a Ctrl-C that arrives while state is being restored, and deliver it afterwards."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        self.received = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._hold)
+
+    def _hold(self, signum, frame) -> None:
+        self.received = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            if self.received:
+                signal.raise_signal(signal.SIGINT)

@@ -1,0 +1,276 @@
+"""Bad arguments to every public entry point: ValueError/TypeError naming the argument, weights untouched.
+
+Each case is ``(id, call, name)``: ``call(learn, tmp_path)`` must raise ValueError or
+TypeError whose message contains ``name``, and the learner's weights and optimizer
+state must be exactly as before. The table of allowed values is docs/parameters.md.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clrfit import Learner, ModelData
+from conftest import make_data, make_learner, make_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+X, Y = torch.randn(20, 6), torch.randint(0, 2, (20,))
+CLR_BETA = (10, 10, 0.95, 0.85)
+
+FIT = [
+    ("negative lr", lambda l, p: l.fit(-0.1, 1), "lrs"),
+    ("string lr", lambda l, p: l.fit("big", 1), "lrs"),
+    ("nan lr", lambda l, p: l.fit(math.nan, 1), "lrs"),
+    ("lr per group, wrong count", lambda l, p: l.fit([0.1, 0.2], 1), "lrs"),
+    ("zero n_cycle", lambda l, p: l.fit(0.1, 0), "n_cycle"),
+    ("fractional n_cycle", lambda l, p: l.fit(0.1, 1.5), "n_cycle"),
+    ("string n_cycle", lambda l, p: l.fit(0.1, "2"), "n_cycle"),
+    ("zero cycle_len", lambda l, p: l.fit(0.1, 1, cycle_len=0), "cycle_len"),
+    ("zero cycle_mult", lambda l, p: l.fit(0.1, 1, cycle_len=1, cycle_mult=0), "cycle_mult"),
+    ("cycle_mult without cycle_len", lambda l, p: l.fit(0.1, 1, cycle_mult=2), "cycle_mult"),
+    ("use_clr one value", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr=(10,)), "use_clr"),
+    ("use_clr div <= 1", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr=(0.5, 8)), "use_clr div"),
+    ("use_clr peak before step 1", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr=(10, 100)), "use_clr"),
+    ("use_clr_beta three values", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr_beta=(10, 10, 0.95)), "use_clr_beta"),
+    ("use_clr_beta pct 150", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr_beta=(10, 150)), "use_clr_beta pct"),
+    ("use_clr_beta momentum 1.5", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr_beta=(10, 10, 1.5, 0.85)),
+     "use_clr_beta"),
+    ("use_clr_beta cycle too short", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr_beta=(10, 99.9)), "use_clr_beta"),
+    ("use_clr_beta a string", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr_beta="10,10"), "use_clr_beta"),
+    ("use_clr and use_clr_beta", lambda l, p: l.fit(0.1, 1, cycle_len=1, use_clr=(10, 8), use_clr_beta=(10, 10)),
+     "use_clr"),
+    ("use_clr_beta without cycle_len", lambda l, p: l.fit(0.1, 1, use_clr_beta=(10, 10)), "cycle_len"),
+    ("negative wds", lambda l, p: l.fit(0.1, 1, wds=-1e-4), "wds"),
+    ("callbacks not Callback", lambda l, p: l.fit(0.1, 1, callbacks=[object()]), "callbacks"),
+    ("zero accumulate", lambda l, p: l.fit(0.1, 1, accumulate=0), "accumulate"),
+    ("checkpoint a number", lambda l, p: l.fit(0.1, 1, checkpoint=123), "checkpoint"),
+    ("checkpoint a folder", lambda l, p: l.fit(0.1, 1, checkpoint=p), "checkpoint"),
+    ("zero checkpoint_every", lambda l, p: l.fit(0.1, 1, checkpoint=p / "c.ckpt", checkpoint_every=0),
+     "checkpoint_every"),
+    ("checkpoint_every without checkpoint", lambda l, p: l.fit(0.1, 1, checkpoint_every=5), "checkpoint_every"),
+    ("resume without checkpoint", lambda l, p: l.fit(0.1, 1, resume=True), "resume"),
+    ("resume a string", lambda l, p: l.fit(0.1, 1, checkpoint=p / "c.ckpt", resume="yes"), "resume"),
+    ("unknown on_nan", lambda l, p: l.fit(0.1, 1, on_nan="skip"), "on_nan"),
+    ("use_wd_sched a string", lambda l, p: l.fit(0.1, 1, wds=0.1, use_wd_sched="yes"), "use_wd_sched"),
+    ("use_wd_sched without wds", lambda l, p: l.fit(0.1, 1, use_wd_sched=True), "use_wd_sched"),
+    ("norm_wds without use_wd_sched", lambda l, p: l.fit(0.1, 1, wds=0.1, norm_wds=True), "norm_wds"),
+    ("wds_sched_mult not callable", lambda l, p: l.fit(0.1, 1, wds=0.1, use_wd_sched=True, wds_sched_mult=3),
+     "wds_sched_mult"),
+    ("compile a number", lambda l, p: l.fit(0.1, 1, compile=1), "compile"),
+    ("unknown keyword", lambda l, p: l.fit(0.1, 1, cycle_length=2), "cycle_length"),
+    ("metrics not callables", lambda l, p: l.fit(0.1, 1, metrics=[0.5]), "metrics"),
+]
+
+FIT_CYCLIC = [
+    ("zero epochs", lambda l, p: l.fit_cyclic(0, 0.01, 0.1), "epochs"),
+    ("zero base_lr", lambda l, p: l.fit_cyclic(1, 0, 0.1), "base_lr"),
+    ("negative max_lr", lambda l, p: l.fit_cyclic(1, 0.01, -1), "max_lr"),
+    ("zero step_size_up", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, step_size_up=0), "step_size_up"),
+    ("negative step_size_down", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, step_size_down=-2), "step_size_down"),
+    ("unknown mode", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, mode="tri"), "mode"),
+    ("unknown scale_mode", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, scale_mode="epoch"), "scale_mode"),
+    ("zero gamma", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, mode="exp_range", gamma=0), "gamma"),
+    ("negative base_momentum", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, base_momentum=-0.1), "base_momentum"),
+    ("max_momentum per group, wrong count", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, max_momentum=[0.9, 0.9]),
+     "max_momentum"),
+    ("scale_fn not callable", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, scale_fn=3), "scale_fn"),
+    ("unknown on_nan", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, on_nan="skip"), "on_nan"),
+]
+
+FIT_ONE_CYCLE = [
+    ("negative epochs", lambda l, p: l.fit_one_cycle(-1, 0.1), "epochs"),
+    ("nan max_lr", lambda l, p: l.fit_one_cycle(1, math.nan), "max_lr"),
+    ("pct_start above 1", lambda l, p: l.fit_one_cycle(1, 0.1, pct_start=1.5), "pct_start"),
+    ("pct_start leaving an empty phase", lambda l, p: l.fit_one_cycle(1, 0.1, pct_start=1 / 6), "pct_start"),
+    ("unknown anneal_strategy", lambda l, p: l.fit_one_cycle(1, 0.1, anneal_strategy="exp"), "anneal_strategy"),
+    ("zero div_factor", lambda l, p: l.fit_one_cycle(1, 0.1, div_factor=0), "div_factor"),
+    ("negative final_div_factor", lambda l, p: l.fit_one_cycle(1, 0.1, final_div_factor=-1), "final_div_factor"),
+    ("negative max_momentum", lambda l, p: l.fit_one_cycle(1, 0.1, max_momentum=-2), "max_momentum"),
+    ("three_phase a string", lambda l, p: l.fit_one_cycle(1, 0.1, three_phase="no"), "three_phase"),
+    ("cycle_momentum a number", lambda l, p: l.fit_one_cycle(1, 0.1, cycle_momentum=1), "cycle_momentum"),
+    ("checkpoint_every a float", lambda l, p: l.fit_one_cycle(1, 0.1, checkpoint=p / "c", checkpoint_every=2.5),
+     "checkpoint_every"),
+]
+
+LR_FIND = [
+    ("zero start_lr", lambda l, p: l.lr_find(start_lr=0), "start_lr"),
+    ("negative end_lr", lambda l, p: l.lr_find(end_lr=-1), "end_lr"),
+    ("end_lr below start_lr", lambda l, p: l.lr_find(start_lr=1, end_lr=0.5), "end_lr"),
+    ("linear a string", lambda l, p: l.lr_find(linear="yes"), "linear"),
+    ("negative wds", lambda l, p: l.lr_find(wds=-0.1), "wds"),
+    ("start_lr per group, wrong count", lambda l, p: l.lr_find(start_lr=[1e-5, 1e-4]), "start_lr"),
+]
+
+LR_FIND2 = [
+    ("num_it 1", lambda l, p: l.lr_find2(num_it=1), "num_it"),
+    ("fractional num_it", lambda l, p: l.lr_find2(num_it=2.5), "num_it"),
+    ("stop_dv a number", lambda l, p: l.lr_find2(stop_dv=1), "stop_dv"),
+    ("inf end_lr", lambda l, p: l.lr_find2(end_lr=math.inf), "end_lr"),
+    ("string start_lr", lambda l, p: l.lr_find2(start_lr="1e-5"), "start_lr"),
+]
+
+
+def _no_val_learner(l, p):
+    learn = Learner(l.model, ModelData.from_tensors(X, Y, bs=4), progress=False, table=False)
+    learn.lr_find2()
+
+
+LR_FIND2.append(("no validation loader", _no_val_learner, "val_dl"))
+
+MODEL_DATA = [
+    ("trn_dl a list", lambda l, p: ModelData([1, 2], None), "trn_dl"),
+    ("val_dl a string", lambda l, p: ModelData(DataLoader(TensorDataset(X, Y)), "val"), "val_dl"),
+    ("empty trn_dl", lambda l, p: ModelData(DataLoader(TensorDataset(X[:3], Y[:3]), batch_size=4, drop_last=True), None),
+     "trn_dl"),
+    ("x and y lengths differ", lambda l, p: ModelData.from_tensors(X, Y[:-1]), "x_trn"),
+    ("zero bs", lambda l, p: ModelData.from_tensors(X, Y, bs=0), "bs"),
+    ("string bs", lambda l, p: ModelData.from_tensors(X, Y, bs="8"), "bs"),
+    ("negative num_workers", lambda l, p: ModelData.from_tensors(X, Y, num_workers=-1), "num_workers"),
+    ("x_val without y_val", lambda l, p: ModelData.from_tensors(X, Y, x_val=X), "x_val"),
+    ("zero val_bs", lambda l, p: ModelData.from_tensors(X, Y, X, Y, val_bs=0), "val_bs"),
+    ("no samples", lambda l, p: ModelData.from_tensors(X[:0], Y[:0]), "x_trn"),
+    ("shuffle a string", lambda l, p: ModelData.from_tensors(X, Y, shuffle="yes"), "shuffle"),
+    ("drop_last a number", lambda l, p: ModelData.from_datasets(TensorDataset(X, Y), None, drop_last=1), "drop_last"),
+]
+
+LEARNER = [
+    ("model a string", lambda l, p: Learner("model", make_data()), "model"),
+    ("data a tuple", lambda l, p: Learner(make_model(), (X, Y)), "data"),
+    ("unknown precision", lambda l, p: Learner(make_model(), make_data(), precision="fp8"), "precision"),
+    ("fp16 a number", lambda l, p: Learner(make_model(), make_data(), fp16=1), "fp16"),
+    ("progress a string", lambda l, p: Learner(make_model(), make_data(), progress="yes"), "progress"),
+    ("overlapping layer_groups", lambda l, p: Learner(l.model, make_data(), layer_groups=[l.model[0], l.model[0]]),
+     "layer_groups"),
+    ("unknown device", lambda l, p: Learner(l.model, make_data(), device="gpu0"), "device"),
+    ("callbacks not Callback", lambda l, p: Learner(l.model, make_data(), callbacks=["cb"]), "callbacks"),
+    ("metrics a string", lambda l, p: Learner(l.model, make_data(), metrics="accuracy"), "metrics"),
+    ("crit not callable", lambda l, p: Learner(l.model, make_data(), crit="mse"), "crit"),
+    ("opt_fn not callable", lambda l, p: Learner(l.model, make_data(), opt_fn="sgd"), "opt_fn"),
+]
+
+CASES = [
+    pytest.param(call, name, id=f"{group}: {case_id}")
+    for group, cases in [("fit", FIT), ("fit_cyclic", FIT_CYCLIC), ("fit_one_cycle", FIT_ONE_CYCLE),
+                         ("lr_find", LR_FIND), ("lr_find2", LR_FIND2), ("ModelData", MODEL_DATA), ("Learner", LEARNER)]
+    for case_id, call, name in cases
+]
+
+
+@pytest.fixture(scope="module")
+def trained() -> Learner:
+    learn = make_learner()
+    learn.fit(0.05, 1)  # momentum buffers exist: the optimizer state is checked too
+    return learn
+
+
+def state_of(learn: Learner):
+    weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    opt = {i: {k: v.clone() for k, v in s.items()} for i, s in learn.opt.state_dict()["state"].items()}
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in learn.opt.param_groups]
+    return weights, opt, groups
+
+
+@pytest.mark.parametrize("call, name", CASES)
+def test_bad_input_is_named_and_changes_nothing(trained, tmp_path, call, name):
+    weights, opt, groups = state_of(trained)
+    with pytest.raises((ValueError, TypeError)) as info:
+        call(trained, tmp_path)
+    assert name in str(info.value), f"{type(info.value).__name__}: {info.value}"
+    after_weights, after_opt, after_groups = state_of(trained)
+    assert all(torch.equal(weights[k], v) for k, v in after_weights.items())
+    assert after_opt.keys() == opt.keys()
+    assert all(torch.equal(opt[i][k], v) for i, s in after_opt.items() for k, v in s.items())
+    assert after_groups == groups
+
+
+# ---------------------------------------------------------------------- the CLI: exit status 2, one line naming the option
+
+from clrfit import cli, datasets  # noqa: E402
+
+CLI = [
+    ("fit: negative --lr", ["fit", "--lr", "-1"], "--lr"),
+    ("fit: --lr not a number", ["fit", "--lr", "abc"], "--lr"),
+    ("fit: no --lr", ["fit"], "--lr"),
+    ("fit: zero --n-cycle", ["fit", "--lr", "0.1", "--n-cycle", "0"], "--n-cycle"),
+    ("fit: zero --cycle-len", ["fit", "--lr", "0.1", "--cycle-len", "0"], "--cycle-len"),
+    ("fit: three --use-clr-beta values", ["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,10,0.95"],
+     "--use-clr-beta"),
+    ("fit: zero --checkpoint-every", ["fit", "--lr", "0.1", "--checkpoint", "c.ckpt", "--checkpoint-every", "0"],
+     "--checkpoint-every"),
+    ("fit: --checkpoint-every without --checkpoint", ["fit", "--lr", "0.1", "--checkpoint-every", "5"],
+     "--checkpoint-every"),
+    ("fit: --resume without --checkpoint", ["fit", "--lr", "0.1", "--resume"], "--resume"),
+    ("fit: zero --accumulate", ["fit", "--lr", "0.1", "--accumulate", "0"], "--accumulate"),
+    ("fit: unknown --precision", ["fit", "--lr", "0.1", "--precision", "fp8"], "--precision"),
+    ("lr-find: negative --end-lr", ["lr-find", "--end-lr", "-1"], "--end-lr"),
+]
+
+# These pass the parser and reach the library with a learner built: its weights must not change.
+CLI_LIBRARY = [
+    ("fit: --use-clr-beta pct 130", ["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,130"],
+     "--use-clr-beta"),
+    ("fit: --checkpoint a folder", ["fit", "--lr", "0.1", "--checkpoint", "{tmp}"], "--checkpoint"),
+    ("fit: --resume a corrupt file", ["fit", "--lr", "0.1", "--checkpoint", "{tmp}/corrupt.ckpt", "--resume"],
+     "corrupt.ckpt"),
+    ("fit: --resume with another --lr", ["fit", "--lr", "0.2", "--checkpoint", "{tmp}/other.ckpt", "--resume"], "lrs"),
+    ("lr-find: --num-it 1", ["lr-find", "--num-it", "1"], "--num-it"),
+]
+
+
+@pytest.fixture
+def tiny_cli_data(monkeypatch, tmp_path_factory):
+    """Every dataset request of the CLI gets a small MNIST-1D."""
+    cache = tmp_path_factory.mktemp("cache")
+    real_mnist1d = datasets.mnist1d
+    monkeypatch.setattr(datasets, "get_data", lambda name, path=None, bs=128, **kw: real_mnist1d(
+        n_train=256, n_valid=128, bs=bs, cache_dir=cache))
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, option", [pytest.param(a, o, id=i) for i, a, o in CLI])
+def test_cli_bad_input_exits_2_with_one_line(argv, option, capsys):
+    assert cli.main(argv) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "error:" in line and option in line
+
+
+@pytest.mark.parametrize("argv, option", [pytest.param(a, o, id=i) for i, a, o in CLI_LIBRARY])
+def test_cli_library_errors_exit_2_and_change_no_weights(argv, option, tiny_cli_data, tmp_path, capsys, monkeypatch):
+    (tmp_path / "corrupt.ckpt").write_bytes(b"\x00not a checkpoint")
+    assert cli.main(["fit", "--lr", "0.1", "--no-progress", "--checkpoint", str(tmp_path / "other.ckpt")]) == 0
+    capsys.readouterr()
+    seen = []
+    for method in ("fit", "lr_find2"):
+        original = getattr(Learner, method)
+
+        def spy(self, *args, _original=original, **kwargs):
+            seen.append((self, {k: v.clone() for k, v in self.model.state_dict().items()}))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Learner, method, spy)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main([*argv, "--no-progress"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("clrfit: error: ") and option in line
+    (learn, before), = seen
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+
+def test_there_are_at_least_forty_cases_with_the_cli():
+    assert len(CASES) + len(CLI) + len(CLI_LIBRARY) >= 40 and len(CLI) + len(CLI_LIBRARY) >= 10
