@@ -222,8 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     learn = Learner(mnist1d_cnn(), data, metrics=[accuracy], progress=not args.no_progress)
 
     print(f"\n1. LR range test: learn.lr_find2(num_it={num_it})")
-    s = learn.lr_find2(start_lr=1e-5, end_lr=10, num_it=num_it)
-    print(s)
+    s = learn.lr_find2(start_lr=1e-5, end_lr=10, num_it=num_it)  # prints its suggestions
     _save(learn.sched.plot(), out / "lr_find.png")
     max_lr, div = _demo_bounds(s)
 
@@ -267,14 +266,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
             options[flag] = True
     learn.fit(args.lr, args.n_cycle, cycle_len=args.cycle_len, cycle_mult=args.cycle_mult, wds=args.wds,
               use_clr=args.use_clr, use_clr_beta=args.use_clr_beta, **options)
-    if learn.sched.rec_metrics:
+    main = learn.is_main_process  # under torchrun only rank 0 prints and writes files
+    if main and learn.sched.rec_metrics:
         print(f"final validation accuracy: {learn.sched.rec_metrics[-1][0]:.4f}")
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        _save(learn.sched.plot_lr(), args.out / "lr_mom.png")
-        _save(learn.sched.plot_loss(), args.out / "loss.png")
-        learn.save(args.out / "model.pt")
-        print(f"wrote lr_mom.png, loss.png and model.pt to {args.out.resolve()}")
+        if main:
+            args.out.mkdir(parents=True, exist_ok=True)
+            _save(learn.sched.plot_lr(), args.out / "lr_mom.png")
+            _save(learn.sched.plot_loss(), args.out / "loss.png")
+        learn.save(args.out / "model.pt")  # collective: rank 0 writes, every rank waits
+        if main:
+            print(f"wrote lr_mom.png, loss.png and model.pt to {args.out.resolve()}")
     return 0
 
 
@@ -285,9 +287,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     learn = _learner(args)
     s = learn.lr_find2(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, wds=args.wds,
                        linear=args.linear, stop_dv=not args.no_stop_dv)
-    print(s)
-    _save(learn.sched.plot(), args.output)
-    print(f"wrote {args.output}")
+    if learn.is_main_process:  # lr_find2 printed the suggestions
+        _save(learn.sched.plot(), args.output)
+        print(f"wrote {args.output}")
     return 0
 
 

@@ -343,3 +343,16 @@ def test_demo_end_to_end(tmp_path):
     for name in ("lr_find.png", "lr_mom.png", "loss.png"):
         assert (out_dir / name).stat().st_size > 1000
     assert str(out_dir.resolve()) in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["fit", "lr-find"])
+def test_only_rank_zero_prints_and_writes(command, tiny_data, tmp_path, monkeypatch, capsys):
+    # Under torchrun every rank runs the same command; ranks > 0 must stay silent and write nothing.
+    monkeypatch.setattr(Learner, "is_main_process", property(lambda self: False))
+    out_dir = tmp_path / "out"
+    argv = (["fit", "--lr", "0.1", "--bs", "64", "--no-progress", "--out", str(out_dir)] if command == "fit"
+            else ["lr-find", "--num-it", "20", "--bs", "32", "--no-progress", "-o", str(out_dir / "f.png")])
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "final validation accuracy" not in out and "clr_bounds" not in out and "wrote" not in out
+    assert not out_dir.exists()
