@@ -4,8 +4,9 @@ Same model (the MNIST-1D CNN), same initial weights, same DataLoader and seed,
 same epochs and the same 1cycle lr/momentum values set every step; both
 validate (loss and accuracy) after each epoch. Runs alternate (learner, raw,
 raw, learner, ...) so drifting machine load hits both alike. Prints the median
-of the per-pair time ratios learner / raw (target: <= 1.05 on CPU) and whether
-both ended with identical weights (they should: the work is the same).
+of the per-pair wall-time ratios learner / raw (target: <= 1.05 on CPU), the
+same for process CPU time (steadier when other jobs share the cores), and
+whether both ended with identical weights (they should: the work is the same).
 
     python benchmarks/overhead.py [--runs 7] [--epochs 5]
 """
@@ -75,13 +76,14 @@ def learner_fit(model: nn.Module, data, epochs: int) -> list[float]:
     return [m[0] for m in learn.sched.rec_metrics]
 
 
-def timed(fn, init_state: dict, data, epochs: int, seed: int) -> tuple[float, nn.Module, list[float]]:
+def timed(fn, init_state: dict, data, epochs: int, seed: int) -> tuple[float, float, nn.Module, list[float]]:
+    """Wall and process CPU seconds of one training run, the trained model and its accuracies."""
     model = mnist1d_cnn()
     model.load_state_dict(init_state)
     torch.manual_seed(seed)  # same shuffling order for both loops
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     accs = fn(model, data, epochs)
-    return time.perf_counter() - start, model, accs
+    return time.perf_counter() - start, time.process_time() - cpu_start, model, accs
 
 
 def main() -> None:
@@ -99,7 +101,7 @@ def main() -> None:
     init_state = copy.deepcopy(mnist1d_cnn().state_dict())
     timed(raw_fit, init_state, data, 1, 0)  # warm-up (allocator, kernels) outside the measurement
     timed(learner_fit, init_state, data, 1, 0)
-    learner_times, raw_times, ratios = [], [], []
+    learner_times, raw_times, ratios, cpu_ratios = [], [], [], []
     same = True
     for r in range(args.runs):
         order = [("learner", learner_fit), ("raw", raw_fit)]
@@ -108,19 +110,21 @@ def main() -> None:
         results = {}
         for name, fn in order:
             results[name] = timed(fn, init_state, data, args.epochs, seed=r)
-        t_l, m_l, acc_l = results["learner"]
-        t_r, m_r, acc_r = results["raw"]
+        t_l, c_l, m_l, acc_l = results["learner"]
+        t_r, c_r, m_r, acc_r = results["raw"]
         same &= all(torch.equal(a, b) for a, b in zip(m_l.state_dict().values(), m_r.state_dict().values()))
         learner_times.append(t_l)
         raw_times.append(t_r)
         ratios.append(t_l / t_r)
-        print(f"run {r}: learner {t_l:.3f}s  raw {t_r:.3f}s  ratio {t_l / t_r:.3f}  "
+        cpu_ratios.append(c_l / c_r)
+        print(f"run {r}: learner {t_l:.3f}s  raw {t_r:.3f}s  ratio {t_l / t_r:.3f}  cpu ratio {c_l / c_r:.3f}  "
               f"val acc {acc_l[-1]:.3f} / {acc_r[-1]:.3f}")
     steps = args.epochs * len(data.trn_dl)
     print(f"\n{args.runs} runs x {args.epochs} epochs ({steps} steps, bs {args.bs}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads)")
     print(f"median time: learner {statistics.median(learner_times):.3f}s, raw {statistics.median(raw_times):.3f}s")
     print(f"identical final weights in every run: {same}")
+    print(f"median CPU-time ratio learner/raw: {statistics.median(cpu_ratios):.3f} (steadier on a shared machine)")
     print(f"median ratio learner/raw: {statistics.median(ratios):.3f}")
 
 

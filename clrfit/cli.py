@@ -3,6 +3,7 @@
 Bad input exits with status 2 and one line, ``clrfit ...: error: <message>``,
 naming the option; that includes the ``ValueError``/``TypeError`` the library
 raises for bad arguments (set ``CLRFIT_DEBUG=1`` to see their tracebacks).
+A diverged fit exits with status 1, Ctrl-C with 130.
 """
 from __future__ import annotations
 
@@ -146,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--fp16", action="store_true", help="mixed precision with float16 and a gradient scaler")
     precision.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="numeric precision (default fp32)")
     fit.add_argument("--compile", action="store_true", help="torch.compile the model")
+    fit.add_argument("--on-nan", choices=("raise", "restore", "ignore"),
+                     help="on a non-finite loss: stop with an error (default), restore the last checkpoint, or go on")
     fit.add_argument("--out", type=Path, help="folder for lr_mom.png, loss.png and model.pt")
     fit.set_defaults(func=cmd_fit)
 
@@ -219,8 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     learn = Learner(mnist1d_cnn(), data, metrics=[accuracy], progress=not args.no_progress)
 
     print(f"\n1. LR range test: learn.lr_find2(num_it={num_it})")
-    s = learn.lr_find2(start_lr=1e-5, end_lr=10, num_it=num_it)
-    print(s)
+    s = learn.lr_find2(start_lr=1e-5, end_lr=10, num_it=num_it)  # prints its suggestions
     _save(learn.sched.plot(), out / "lr_find.png")
     max_lr, div = _demo_bounds(s)
 
@@ -250,13 +252,13 @@ def _demo_bounds(s: Any) -> tuple[float, float]:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Train a built-in model with ``learn.fit`` and the options given."""
-    from . import Learner, accuracy
+    from . import accuracy
 
     if (args.checkpoint_every is not None or args.resume) and args.checkpoint is None:
         raise CliError(f"argument {'--resume' if args.resume else '--checkpoint-every'}: needs --checkpoint PATH")
     learn = _learner(args, precision=dict(fp16=args.fp16, precision=args.precision), metrics=[accuracy])
     options: dict[str, Any] = {}
-    for name in ("checkpoint", "checkpoint_every", "accumulate"):
+    for name in ("checkpoint", "checkpoint_every", "accumulate", "on_nan"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     for flag in ("resume", "compile", "use_wd_sched"):
@@ -264,14 +266,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
             options[flag] = True
     learn.fit(args.lr, args.n_cycle, cycle_len=args.cycle_len, cycle_mult=args.cycle_mult, wds=args.wds,
               use_clr=args.use_clr, use_clr_beta=args.use_clr_beta, **options)
-    if learn.sched.rec_metrics:
+    main = learn.is_main_process  # under torchrun only rank 0 prints and writes files
+    if main and learn.sched.rec_metrics:
         print(f"final validation accuracy: {learn.sched.rec_metrics[-1][0]:.4f}")
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        _save(learn.sched.plot_lr(), args.out / "lr_mom.png")
-        _save(learn.sched.plot_loss(), args.out / "loss.png")
-        learn.save(args.out / "model.pt")
-        print(f"wrote lr_mom.png, loss.png and model.pt to {args.out.resolve()}")
+        if main:
+            args.out.mkdir(parents=True, exist_ok=True)
+            _save(learn.sched.plot_lr(), args.out / "lr_mom.png")
+            _save(learn.sched.plot_loss(), args.out / "loss.png")
+        learn.save(args.out / "model.pt")  # collective: rank 0 writes, every rank waits
+        if main:
+            print(f"wrote lr_mom.png, loss.png and model.pt to {args.out.resolve()}")
     return 0
 
 
@@ -282,9 +287,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     learn = _learner(args)
     s = learn.lr_find2(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, wds=args.wds,
                        linear=args.linear, stop_dv=not args.no_stop_dv)
-    print(s)
-    _save(learn.sched.plot(), args.output)
-    print(f"wrote {args.output}")
+    if learn.is_main_process:  # lr_find2 printed the suggestions
+        _save(learn.sched.plot(), args.output)
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -423,8 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     prog = f"clrfit {args.command}"
+    from .checkpoint import DivergenceError
+
     try:
         return args.func(args)
+    except DivergenceError as err:  # not bad input: the run itself failed
+        print(f"clrfit: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
     except CliError as err:
         print(f"{prog}: error: {err} (see '{prog} --help')", file=sys.stderr)
         return 2

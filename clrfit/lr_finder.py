@@ -283,6 +283,8 @@ def _range_test(
         snapshot.restore()
         learn.sched = recorder
     recorder.suggestions = suggest(recorder.lrs, recorder.losses)
+    if learn.table and learn.is_main_process:  # the same switch as the epoch table
+        print(recorder.suggestions)
     return recorder.suggestions
 
 

@@ -3,6 +3,7 @@ so it works headless (Agg), in scripts and inline in Jupyter (shown when it is
 the cell's value; ``fig.savefig(path)`` writes it)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from matplotlib.figure import Figure
@@ -102,8 +103,11 @@ def plot_range_test(
                  for name, color in (("minimum", "C1"), ("steep", "C2"), ("valley", "C3"))]
         marks = [(name, value, color) for name, value, color in marks if value == value]  # drop nan
     for ax, (label, values) in zip(axes, panels):
-        ax.plot(lrs[n_skip:end], list(values)[n_skip:end], color="C0")
+        shown = list(values)[n_skip:end]
+        ax.plot(lrs[n_skip:end], shown, color="C0")
         ax.set_ylabel(label)
+        if "loss" in label:
+            _clip_divergence(ax, shown)
         if log_x:
             ax.set_xscale("log")
         for name, value, color in marks:
@@ -115,3 +119,20 @@ def plot_range_test(
         axes[0].legend(fontsize="small")
     axes[-1].set_xlabel("learning rate" + (" (log scale)" if log_x else ""))
     return fig
+
+
+def _clip_divergence(ax, values: Sequence[float]) -> None:
+    """Keep a loss panel readable when the sweep ends in a divergence spike.
+
+    The top of the y-axis is capped at the larger of the first value and twice the
+    median, so a loss that explodes by orders of magnitude at the end does not
+    flatten the part of the curve used to pick a learning rate.
+    """
+    finite = sorted(v for v in values if math.isfinite(v))
+    if len(finite) < 3:
+        return
+    first = next(v for v in values if math.isfinite(v))
+    cap = max(first, 2 * finite[len(finite) // 2])
+    if finite[-1] > cap:
+        low = finite[0]
+        ax.set_ylim(low - 0.05 * (cap - low), cap)

@@ -151,7 +151,7 @@ class SGDR(Schedule):
             if t < n:
                 return k, t
             t -= n
-        # Past the end (a preview asked for more): keep restarting with the last length.
+        # Past the planned cycles (never reached by a fit): keep restarting with the last length.
         n = self.cycle_lengths[-1]
         return len(self.cycle_lengths) - 1 + t // n + 1, t % n
 
@@ -649,16 +649,13 @@ def preview(
     if extra:
         raise ValueError(f"{torch_style}: do not combine it with {', '.join(extra)} (they belong to fit-style schedules)")
     if torch_style == "cyclic":
-        kwargs = _preview_kwargs("cyclic", cyclic, _CYCLIC_KEYS)
-        epochs = check_int("cyclic['epochs']", kwargs.pop("epochs", 1), minimum=1)
-        schedule = cyclic_schedule(_preview_groups(kwargs), total=epochs * iterations, **kwargs)
+        kwargs = _preview_kwargs("cyclic", cyclic, _CYCLIC_KEYS, ("base_lr", "max_lr"))
+        build = cyclic_schedule
     else:
-        kwargs = _preview_kwargs("one_cycle", one_cycle, _ONE_CYCLE_KEYS)
-        epochs = check_int("one_cycle['epochs']", kwargs.pop("epochs", 1), minimum=1)
-        if "max_lr" not in kwargs:
-            raise ValueError("one_cycle must hold 'max_lr' (as fit_one_cycle needs it)")
-        schedule = one_cycle_schedule(_preview_groups(kwargs), total=epochs * iterations, **kwargs)
-    return schedule.values()
+        kwargs = _preview_kwargs("one_cycle", one_cycle, _ONE_CYCLE_KEYS, ("max_lr",))
+        build = one_cycle_schedule
+    epochs = check_int(f"{torch_style}['epochs']", kwargs.pop("epochs", 1), minimum=1)
+    return build(_preview_groups(kwargs), total=epochs * iterations, **kwargs).values()
 
 
 def _preview_lrs(lr: Any) -> tuple[float, ...]:
@@ -667,16 +664,15 @@ def _preview_lrs(lr: Any) -> tuple[float, ...]:
     return (check_number("lr", lr, minimum=0.0, exclusive_min=True),)
 
 
-def _preview_kwargs(name: str, values: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+def _preview_kwargs(name: str, values: Any, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise TypeError(f"{name} must be a dict of keyword arguments; got {type(values).__name__}")
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise TypeError(f"{name}: unknown keys {unknown}; allowed: {', '.join(allowed)}")
-    if name == "cyclic":
-        missing = [k for k in ("base_lr", "max_lr") if k not in values]
-        if missing:
-            raise ValueError(f"cyclic must hold {' and '.join(map(repr, missing))} (as fit_cyclic needs them)")
+    missing = [k for k in required if k not in values]
+    if missing:
+        raise ValueError(f"{name} must hold {' and '.join(map(repr, missing))} (the fit needs them)")
     return dict(values)
 
 

@@ -92,8 +92,6 @@ def signature(obj: Any, drop_self: bool = False) -> str | None:
     if drop_self and params and params[0].name in ("self", "cls"):
         params = params[1:]
     for p in params:
-        if p.kind is p.POSITIONAL_ONLY:
-            pass
         if p.kind is p.KEYWORD_ONLY and not star_done:
             parts.append("*")
             star_done = True

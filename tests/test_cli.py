@@ -142,6 +142,13 @@ def test_real_process_exit_code_and_message():
     assert version.returncode == 0 and "clrfit" in version.stdout
 
 
+def test_divergence_exits_1_with_one_line(tiny_data, capsys):
+    code, out, err = run(["fit", "--lr", "1e35", "--no-progress"], capsys)
+    assert code == 1
+    line = one_line_error(err)
+    assert "diverged" in line and "lr=1e+35" in line
+
+
 def test_missing_torchvision_data_is_a_clean_error(tmp_path, capsys):
     code, out, err = run(["fit", "--dataset", "cifar10", "--data-path", str(tmp_path), "--lr", "0.1"], capsys)
     assert code == 2
@@ -165,13 +172,14 @@ def test_fit_passes_every_option_to_the_learner(tiny_data, monkeypatch, tmp_path
                           "--cycle-len", "3", "--cycle-mult", "2", "--use-clr-beta", "10,13.68,0.95,0.85",
                           "--wds", "1e-4", "--use-wd-sched", "--bs", "32", "--opt", "adamw",
                           "--checkpoint", str(ckpt), "--checkpoint-every", "50", "--resume", "--accumulate", "2",
-                          "--precision", "bf16", "--compile", "--no-progress", "--threads", "2"], capsys)
+                          "--precision", "bf16", "--compile", "--no-progress", "--threads", "2",
+                          "--on-nan", "restore"], capsys)
     assert code == 0, err
     assert seen["lrs"] == 0.8 and seen["n_cycle"] == 2 and seen["cycle_len"] == 3 and seen["cycle_mult"] == 2
     assert seen["use_clr_beta"] == (10.0, 13.68, 0.95, 0.85) and seen["use_clr"] is None
     assert seen["wds"] == 1e-4 and seen["use_wd_sched"] is True
     assert seen["checkpoint"] == ckpt and seen["checkpoint_every"] == 50 and seen["resume"] is True
-    assert seen["accumulate"] == 2 and seen["compile"] is True
+    assert seen["accumulate"] == 2 and seen["compile"] is True and seen["on_nan"] == "restore"
     learn = seen["learner"]
     assert isinstance(learn.opt, torch.optim.AdamW) and learn.opt.param_groups[0]["weight_decay"] == 0.0
     assert learn.precision.name == "bf16" and learn.progress is False
@@ -203,6 +211,38 @@ def test_fit_trains_and_writes_outputs(tiny_data, tmp_path, capsys):
         assert (out_dir / name).stat().st_size > 0
     state = torch.load(out_dir / "model.pt", weights_only=True)
     assert "model" in state
+
+
+def test_fit_checkpoint_and_resume_from_the_command_line(tiny_data, tmp_path, monkeypatch, capsys):
+    """A fit stopped at step 12 (checkpoints every 5 steps) and resumed with --resume ends with
+    exactly the weights of an uninterrupted run of the same command."""
+    from clrfit import Callback, CancelFitException
+
+    common = ["fit", "--lr", "0.5", "--cycle-len", "2", "--use-clr-beta", "10,10,0.95,0.85", "--bs", "32",
+              "--no-progress", "--seed", "3"]
+    code, _, err = run([*common, "--out", str(tmp_path / "full")], capsys)
+    assert code == 0, err
+
+    class StopAt(Callback):
+        def on_batch_begin(self):
+            if self.learn.iteration == 12:
+                raise CancelFitException()
+
+    original = Learner.fit
+    ckpt = tmp_path / "run.ckpt"
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **kw: original(self, *a, callbacks=[StopAt()], **kw))
+    code, _, err = run([*common, "--checkpoint", str(ckpt), "--checkpoint-every", "5"], capsys)
+    assert code == 0, err
+    assert torch.load(ckpt, weights_only=True)["counters"]["iteration"] == 10
+    monkeypatch.setattr(Learner, "fit", original)
+    code, out, err = run([*common, "--checkpoint", str(ckpt), "--resume", "--out", str(tmp_path / "resumed")], capsys)
+    assert code == 0, err
+    full = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["model"]
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    code, _, err = run([*common[:2], "0.4", *common[3:], "--checkpoint", str(ckpt), "--resume"], capsys)
+    assert code == 2 and "lrs" in one_line_error(err)  # other fit arguments than the checkpoint's
 
 
 # --------------------------------------------------------------------------- schedule
@@ -303,3 +343,16 @@ def test_demo_end_to_end(tmp_path):
     for name in ("lr_find.png", "lr_mom.png", "loss.png"):
         assert (out_dir / name).stat().st_size > 1000
     assert str(out_dir.resolve()) in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["fit", "lr-find"])
+def test_only_rank_zero_prints_and_writes(command, tiny_data, tmp_path, monkeypatch, capsys):
+    # Under torchrun every rank runs the same command; ranks > 0 must stay silent and write nothing.
+    monkeypatch.setattr(Learner, "is_main_process", property(lambda self: False))
+    out_dir = tmp_path / "out"
+    argv = (["fit", "--lr", "0.1", "--bs", "64", "--no-progress", "--out", str(out_dir)] if command == "fit"
+            else ["lr-find", "--num-it", "20", "--bs", "32", "--no-progress", "-o", str(out_dir / "f.png")])
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "final validation accuracy" not in out and "clr_bounds" not in out and "wrote" not in out
+    assert not out_dir.exists()

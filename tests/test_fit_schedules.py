@@ -246,8 +246,10 @@ def test_use_clr_matches_contract_over_two_cycles(use_clr, groups):
             assert_rel(column(log.moms, g), exp_moms, f"group {g} momentum")
         else:
             assert column(log.moms, g) == [0.9] * len(exp_lrs)
-    # the second cycle repeats the first exactly
+    # the second cycle repeats the first exactly; groups keep their ratio
     assert log.lrs[:n] == log.lrs[n:]
+    if groups == 2:
+        assert all(math.isclose(row[1] / row[0], 10.0, rel_tol=REL) for row in log.lrs)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -397,6 +399,7 @@ def run_against_torch(method: str, kwargs: dict, *, nb: int, epochs: int, groups
     extra = {} if method == "fit_cyclic" else {"total_steps": total}
     exp_lrs, exp_moms = torch_values(opt_fn, groups, lambda opt: torch_cls(opt, **kwargs, **extra), total)
     assert len(log.lrs) == total and learn.iteration == total  # nothing past the last step
+    assert len(learn.sched.epochs) == epochs
     for g in range(groups):
         assert_rel(column(log.lrs, g), column(exp_lrs, g), f"group {g} lr")
         assert_rel(column(learn.sched.group_lrs, g), column(exp_lrs, g), f"recorded group {g} lr")

@@ -595,3 +595,30 @@ def test_mnist1d_lr_find2_suggests_bounds_that_train(tmp_path, monkeypatch):
     assert len(fig.axes) == 3
     learn.fit(b.max_lr, 1, cycle_len=2, use_clr_beta=(b.div, 10, 0.95, 0.85))
     assert learn.recorder.rec_metrics[-1][0] > 0.3  # chance is 0.1
+
+
+def test_suggestions_are_printed_once_with_the_table_switch(capsys):
+    from conftest import make_learner as _make
+
+    learn = _make(table=True)
+    s = learn.lr_find2(num_it=20, stop_dv=False)
+    out = capsys.readouterr().out
+    assert out.count("clr_bounds") == 1 and str(s).strip() in out
+    learn.table = False
+    learn.lr_find2(num_it=20, stop_dv=False)
+    assert "clr_bounds" not in capsys.readouterr().out
+
+
+def test_range_test_plot_clips_a_divergence_spike_on_loss_panels():
+    from clrfit.plots import plot_range_test
+
+    lrs = [10 ** (-4 + 5 * i / 59) for i in range(60)]
+    losses = [2.0 - i / 60 for i in range(50)] + [1.2 * 10 ** k for k in range(10)]
+    fig = plot_range_test(lrs, [("training loss", losses), ("accuracy", losses)])
+    loss_ax, other_ax = fig.axes
+    median = sorted(losses)[30]
+    assert loss_ax.get_ylim()[1] == pytest.approx(max(losses[0], 2 * median))
+    assert other_ax.get_ylim()[1] >= max(losses)  # only loss panels are clipped
+    # a curve without a spike keeps matplotlib's own limits
+    calm = plot_range_test(lrs, [("training loss", [2.0 - i / 60 for i in range(60)])])
+    assert calm.axes[0].get_ylim()[1] >= 2.0
