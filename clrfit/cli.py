@@ -285,8 +285,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     if not args.end_lr > args.start_lr:
         raise CliError(f"argument --end-lr: must be greater than --start-lr ({args.start_lr:g}); got {args.end_lr:g}")
     learn = _learner(args)
-    s = learn.lr_find2(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, wds=args.wds,
-                       linear=args.linear, stop_dv=not args.no_stop_dv)
+    learn.lr_find2(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, wds=args.wds,
+                   linear=args.linear, stop_dv=not args.no_stop_dv)
     if learn.is_main_process:  # lr_find2 printed the suggestions
         _save(learn.sched.plot(), args.output)
         print(f"wrote {args.output}")

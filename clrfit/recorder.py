@@ -114,6 +114,7 @@ class Recorder(Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """The whole history as plain lists (for checkpoints)."""
         self.flush()
         return {
             "iterations": list(self.iterations),
@@ -129,6 +130,7 @@ class Recorder(Callback):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self._pending = []
         self.iterations = list(state["iterations"])
         self.group_lrs = [list(g) for g in state["group_lrs"]]

@@ -10,19 +10,10 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clrfit import Learner, ModelData
 from conftest import make_data, make_learner, make_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 X, Y = torch.randn(20, 6), torch.randint(0, 2, (20,))

@@ -21,21 +21,11 @@ from clrfit import Callback, Learner, ModelData
 from clrfit import DivergenceError
 from clrfit.checkpoint import read_checkpoint
 from clrfit.distributed import DistributedContext
-from clrfit.schedules import OneCycle, fit_schedule, one_cycle_schedule
+from clrfit.schedules import OneCycle, one_cycle_schedule
 from clrfit.serialization import temp_files
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and are least disturbed by busy machines) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------- a run that depends on every RNG

@@ -15,14 +15,6 @@ from clrfit.checkpoint import read_checkpoint
 from test_checkpoint import ROOT, InterruptAt, NoisyDropout, assert_same_run, build, run, subprocess_env
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Watch(Callback):
     """Counts batch ends and train ends, and notes ``learn.interrupted`` at on_train_end."""
 

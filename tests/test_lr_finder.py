@@ -19,15 +19,6 @@ from clrfit.lr_finder import RangeTestRecorder, smooth_curve
 from clrfit.serialization import get_rng_states
 from clrfit.suggest import Suggestions
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost (large on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 N_TRAIN, BS, N_VAL, VAL_BS = 96, 16, 40, 16  # 6 training batches, 3 validation batches (16, 16, 8)
 
 

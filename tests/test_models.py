@@ -8,15 +8,6 @@ from torch import nn
 from clrfit.models import BasicBlock, cifar_resnet, get_model, mnist1d_cnn, resnet20, resnet56
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

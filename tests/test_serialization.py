@@ -19,14 +19,6 @@ from conftest import make_learner, make_model
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch, on the foreign pickles
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------- atomic writes
 
 
