@@ -22,15 +22,6 @@ REL = 1e-12
 # ---------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster when the CPU is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sgd(params, lr):
     return torch.optim.SGD(params, lr=lr, momentum=0.9)
 

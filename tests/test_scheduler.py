@@ -19,14 +19,6 @@ from clrfit.schedules import ConstantLR, OneCycle
 N_SAMPLES, BS = 8, 2  # 4 batches per epoch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def linear_learner(opt_fn=None) -> Learner:
     """``y = x w + b`` in float64, layer groups ``[w]`` and ``[b]``, MSE loss."""
     g = torch.Generator().manual_seed(0)
