@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -59,6 +60,17 @@ class EventLog(Callback):
     @property
     def names(self) -> list[str]:
         return [e[0] for e in self.events]
+
+
+class InterruptAt(Callback):
+    """Sends this process a real SIGINT (Ctrl-C) as iteration ``k`` begins."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def on_batch_begin(self) -> None:
+        if self.learn.iteration == self.k:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from clrfit.checkpoint import read_checkpoint
 from clrfit.distributed import DistributedContext
 from clrfit.schedules import OneCycle, one_cycle_schedule
 from clrfit.serialization import temp_files
+from conftest import InterruptAt
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -166,15 +167,6 @@ def test_resume_in_process_after_every_possible_stop(tmp_path, name):
             run(name, checkpoint=ckpt, callbacks=[InterruptAt(k - 1)])
         assert read_checkpoint(ckpt)["counters"]["iteration"] == k
         assert_same_run(reference, run(name, checkpoint=ckpt, resume=True))
-
-
-class InterruptAt(Callback):
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def on_batch_begin(self) -> None:
-        if self.learn.iteration == self.k:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 # ---------------------------------------------------------------------- contents and timing

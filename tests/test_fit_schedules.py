@@ -181,6 +181,17 @@ def clr_beta_expected(lr: float, n: int, div: float, pct: float, moms=None, n_cy
 # ---------------------------------------------------------------------------- fit: SGDR
 
 
+def assert_groups_match(log, lrs, moms, expected) -> None:
+    """Every group's recorded lr (and momentum, or the untouched 0.9) equals ``expected(group_lr)``."""
+    for g, lr in enumerate(lrs):
+        exp_lrs, exp_moms = expected(lr)
+        assert_rel(column(log.lrs, g), exp_lrs, f"group {g} lr")
+        if moms:
+            assert_rel(column(log.moms, g), exp_moms, f"group {g} momentum")
+        else:
+            assert column(log.moms, g) == [0.9] * len(exp_lrs)
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("opt_name", ["SGD", "Adam"])
 def test_sgdr_cycle_mult_2_three_cycles_with_warmup(groups, opt_name):
@@ -230,13 +241,7 @@ def test_use_clr_matches_contract_over_two_cycles(use_clr, groups):
     learn.fit(lrs if groups == 2 else lrs[0], n_cycle, cycle_len=cycle_len, use_clr=use_clr)
     n = nb * cycle_len
     moms = use_clr[2:] or None
-    for g, lr in enumerate(lrs):
-        exp_lrs, exp_moms = clr_expected(lr, n, use_clr[0], use_clr[1], moms, n_cycle)
-        assert_rel(column(log.lrs, g), exp_lrs, f"group {g} lr")
-        if moms:
-            assert_rel(column(log.moms, g), exp_moms, f"group {g} momentum")
-        else:
-            assert column(log.moms, g) == [0.9] * len(exp_lrs)
+    assert_groups_match(log, lrs, moms, lambda lr: clr_expected(lr, n, use_clr[0], use_clr[1], moms, n_cycle))
     # the second cycle repeats the first exactly; groups keep their ratio
     assert log.lrs[:n] == log.lrs[n:]
     if groups == 2:
@@ -253,13 +258,7 @@ def test_use_clr_beta_matches_contract_over_two_cycles(use_clr_beta, groups):
     learn.fit(lrs if groups == 2 else lrs[0], n_cycle, cycle_len=cycle_len, use_clr_beta=use_clr_beta, wds=1e-4)
     n = nb * cycle_len
     moms = use_clr_beta[2:] or None
-    for g, lr in enumerate(lrs):
-        exp_lrs, exp_moms = clr_beta_expected(lr, n, use_clr_beta[0], use_clr_beta[1], moms, n_cycle)
-        assert_rel(column(log.lrs, g), exp_lrs, f"group {g} lr")
-        if moms:
-            assert_rel(column(log.moms, g), exp_moms, f"group {g} momentum")
-        else:
-            assert column(log.moms, g) == [0.9] * len(exp_lrs)
+    assert_groups_match(log, lrs, moms, lambda lr: clr_beta_expected(lr, n, use_clr_beta[0], use_clr_beta[1], moms, n_cycle))
     assert log.lrs[:n] == log.lrs[n:]
     # lr goes lr/div -> lr -> lr/div -> lr/(100 div)
     last = column(log.lrs, groups - 1)

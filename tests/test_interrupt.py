@@ -12,7 +12,8 @@ import torch
 
 from clrfit import Callback
 from clrfit.checkpoint import read_checkpoint
-from test_checkpoint import ROOT, InterruptAt, NoisyDropout, assert_same_run, build, run, subprocess_env
+from conftest import InterruptAt
+from test_checkpoint import ROOT, NoisyDropout, assert_same_run, build, run, subprocess_env
 
 
 class Watch(Callback):

@@ -9,15 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from clrfit import schedules
 from clrfit.schedules import (
     SGDR,
     CircularLR,
     ConstantLR,
-    CyclicLR,
     LRSweep,
     OneCycle,
-    OneCycleLR,
     ScheduleValues,
     cyclic_schedule,
     fit_schedule,

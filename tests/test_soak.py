@@ -10,7 +10,6 @@ import copy
 import math
 import os
 import random
-import signal
 import threading
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from clrfit import Callback, Learner, ModelData
+from conftest import InterruptAt
 from clrfit.checkpoint import DivergenceError, read_checkpoint
 from clrfit.schedules import LRSweep, cyclic_schedule, fit_schedule, one_cycle_schedule
 from clrfit.serialization import get_rng_states, set_rng_states
@@ -50,15 +50,6 @@ def state_of(learn: Learner) -> dict:
 
 def weights_equal(learn: Learner, state: dict) -> bool:
     return all(torch.equal(v, state["model"][k]) for k, v in learn.model.state_dict().items())
-
-
-class InterruptAt(Callback):
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def on_batch_begin(self) -> None:
-        if self.learn.iteration == self.k:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 class PoisonAt(Callback):
