@@ -167,8 +167,25 @@ class SGDR(Schedule):
         return [lr / 2 * (1 + math.cos(math.pi * t_in / n)) for lr in self.lrs], None
 
 
+class _RepeatedCycle(Schedule):
+    """``n_cycle`` equal cycles of ``cycle_iters`` iterations, with optional ``moms`` (fastai 0.7's use_clr*)."""
+
+    cycle_iters: int
+    moms: tuple[float, float] | None
+
+    @property
+    def has_momentum(self) -> bool:
+        return self.moms is not None
+
+    def position(self, t: int) -> tuple[int, int]:
+        return t // self.cycle_iters, t % self.cycle_iters
+
+    def cycle_iterations(self, t: int) -> int:
+        return self.cycle_iters
+
+
 @dataclass
-class CircularLR(Schedule):
+class CircularLR(_RepeatedCycle):
     """Slanted triangle per cycle (fastai 0.7 ``use_clr=(div, cut_div[, max_mom, min_mom])``).
 
     ``c = floor(N / cut_div)``; ``p = t / c`` for ``t <= c`` else ``1 - (t - c) / (N - c)``;
@@ -193,16 +210,6 @@ class CircularLR(Schedule):
             )
         self.total = self.cycle_iters * self.n_cycle
 
-    @property
-    def has_momentum(self) -> bool:
-        return self.moms is not None
-
-    def position(self, t: int) -> tuple[int, int]:
-        return t // self.cycle_iters, t % self.cycle_iters
-
-    def cycle_iterations(self, t: int) -> int:
-        return self.cycle_iters
-
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         _, t = self.position(t)
         c, n = self.peak, self.cycle_iters
@@ -215,7 +222,7 @@ class CircularLR(Schedule):
 
 
 @dataclass
-class OneCycle(Schedule):
+class OneCycle(_RepeatedCycle):
     """The 1cycle policy (fastai 0.7 ``use_clr_beta=(div, pct[, max_mom, min_mom])``).
 
     ``C = int(N * (1 - pct / 100) / 2)``. Up (``t <= C``): ``lr * (1 + (t/C)(div-1)) / div``,
@@ -240,16 +247,6 @@ class OneCycle(Schedule):
                 "(cycle_len, or fewer accumulated batches) or lower pct"
             )
         self.total = self.cycle_iters * self.n_cycle
-
-    @property
-    def has_momentum(self) -> bool:
-        return self.moms is not None
-
-    def position(self, t: int) -> tuple[int, int]:
-        return t // self.cycle_iters, t % self.cycle_iters
-
-    def cycle_iterations(self, t: int) -> int:
-        return self.cycle_iters
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         _, t = self.position(t)
