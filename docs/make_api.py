@@ -146,12 +146,33 @@ def _quote(doc: str) -> str:
     return "\n".join(out)
 
 
-def class_members(cls: type) -> list[tuple[str, Any, str]]:
-    """Public methods, class/static methods and properties defined on ``cls`` itself."""
-    out = []
-    for name, raw in vars(cls).items():
-        if name.startswith("_"):
+def _private_bases(cls: type) -> list[type]:
+    """Private (underscore) base classes of ``cls``, recursively: their members are documented as ``cls``'s own."""
+    found = []
+    for base in cls.__bases__:
+        if base.__name__.startswith("_"):
+            found += [base, *_private_bases(base)]
+    return found
+
+
+def public_bases(cls: type) -> list[str]:
+    """Names of ``cls``'s bases, with each private base replaced by its own public bases."""
+    names = []
+    for base in cls.__bases__:
+        if base is object:
             continue
+        names += public_bases(base) if base.__name__.startswith("_") else [base.__name__]
+    return names
+
+
+def class_members(cls: type) -> list[tuple[str, Any, str]]:
+    """Public methods, class/static methods and properties defined on ``cls`` or on its private bases."""
+    out = []
+    seen = set()
+    for name, raw in (item for owner in (cls, *_private_bases(cls)) for item in vars(owner).items()):
+        if name.startswith("_") or name in seen:
+            continue
+        seen.add(name)
         if isinstance(raw, property):
             out.append((name, raw, "property"))
         elif isinstance(raw, classmethod):
@@ -166,7 +187,7 @@ def class_members(cls: type) -> list[tuple[str, Any, str]]:
 
 def render_class(name: str, cls: type) -> list[str]:
     """Markdown for one class."""
-    bases = [b.__name__ for b in cls.__bases__ if b is not object]
+    bases = public_bases(cls)
     title = f"class `{name}`" + (f" ({', '.join(bases)})" if bases else "")
     lines = [f"### {title}", ""]
     sig = signature(cls) if not issubclass(cls, BaseException) else None
