@@ -8,7 +8,6 @@ in source order, with their public methods and properties.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import pkgutil
@@ -17,6 +16,9 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _generate import write_or_check  # noqa: E402  (docs/ is not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "api.md"
@@ -244,19 +246,7 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Write docs/api.md, or with ``--check`` report whether it is up to date."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/api.md differs from the generated text")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
-        if current != text:
-            print("docs/api.md is out of date: run python docs/make_api.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)} ({len(text.splitlines())} lines)")
-    return 0
+    return write_or_check(OUT, render, "docs/make_api.py", argv)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ running ``python -m clrfit ... --help`` on this checkout, 80 columns wide.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _generate import write_or_check  # noqa: E402  (docs/ is not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "cli.md"
@@ -85,18 +87,7 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Write docs/cli.md, or with ``--check`` report whether it is up to date."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/cli.md differs from the generated text")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
-            print("docs/cli.md is out of date: run python docs/make_cli.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)}")
-    return 0
+    return write_or_check(OUT, render, "docs/make_cli.py", argv)
 
 
 if __name__ == "__main__":

@@ -127,3 +127,18 @@ def test_api_reference_covers_the_public_api():
                  "class `CircularLR`", "class `OneCycle`", "class `SGDR`", "class `CyclicLR`", "`preview`"]:
         assert name in text, name
     assert "fit(lrs: float | Sequence[float], n_cycle: int" in text
+
+
+def test_generator_check_mode_flags_a_stale_page_and_writes_nothing(tmp_path, capsys):
+    generate = _load("_generate")
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    assert generate.write_or_check(page, lambda: "new\n", "docs/make_page.py", ["--check"]) == 1  # missing
+    assert not page.exists()
+    page.write_text("old\n", encoding="utf-8")
+    assert generate.write_or_check(page, lambda: "new\n", "docs/make_page.py", ["--check"]) == 1
+    assert page.read_text(encoding="utf-8") == "old\n"
+    assert "docs/page.md is out of date: run python docs/make_page.py" in capsys.readouterr().err
+    assert generate.write_or_check(page, lambda: "new\n", "docs/make_page.py", []) == 0
+    assert page.read_text(encoding="utf-8") == "new\n"
+    assert generate.write_or_check(page, lambda: "new\n", "docs/make_page.py", ["--check"]) == 0
