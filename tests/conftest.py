@@ -62,15 +62,27 @@ class EventLog(Callback):
         return [e[0] for e in self.events]
 
 
-class InterruptAt(Callback):
-    """Sends this process a real SIGINT (Ctrl-C) as iteration ``k`` begins."""
+class SignalAt(Callback):
+    """Sends this process a real ``signum`` as iteration ``k`` begins (so ``k`` steps are done)."""
+
+    signum = signal.SIGINT
 
     def __init__(self, k: int) -> None:
         self.k = k
 
     def on_batch_begin(self) -> None:
         if self.learn.iteration == self.k:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
+
+
+class InterruptAt(SignalAt):
+    """Ctrl-C (SIGINT) as iteration ``k`` begins."""
+
+
+class KillAt(SignalAt):
+    """A crash (SIGKILL, nothing can run after it) as iteration ``k`` begins."""
+
+    signum = signal.SIGKILL
 
 
 @pytest.fixture(autouse=True)

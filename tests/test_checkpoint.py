@@ -87,17 +87,6 @@ def assert_same_run(a: Learner, b: Learner) -> None:
             assert torch.equal(v, sb["state"][key][k]) if isinstance(v, torch.Tensor) else v == sb["state"][key][k]
 
 
-class KillAt(Callback):
-    """SIGKILL this process just before step ``k`` (so ``k`` steps are done)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def on_batch_begin(self) -> None:
-        if self.learn.iteration == self.k:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 class CountSteps(Callback):
     def __init__(self) -> None:
         self.steps = 0
@@ -115,7 +104,8 @@ def subprocess_env() -> dict[str, str]:
 
 KILLED_SCRIPT = """
 import sys
-from test_checkpoint import KillAt, run
+from conftest import KillAt
+from test_checkpoint import run
 name, path, every, k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 run(name, checkpoint=path, checkpoint_every=every, callbacks=[KillAt(k)])
 sys.exit(3)  # the kill never came
@@ -492,7 +482,8 @@ DDP_WORKER = """
 import os, random, sys
 import numpy as np
 import torch
-from test_checkpoint import KillAt, NoisyDropout, build
+from conftest import KillAt
+from test_checkpoint import NoisyDropout, build
 
 mode, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
 learn = build(n_trn=64)
