@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from _common import add_common_args, mnist1d_learner  # benchmarks/ is on the path when a script runs
 
-from clrfit import Learner, ModelData
+from clrfit import Learner
 from clrfit.checkpoint import read_checkpoint
 
 VARIANTS = {
@@ -36,22 +36,6 @@ VARIANTS = {
     "ckpt/10": dict(checkpoint=True, checkpoint_every=10),
     "ckpt/1": dict(checkpoint=True, checkpoint_every=1),
 }
-
-
-def make_learner(synthetic: bool, bs: int) -> Learner:
-    """MNIST-1D CNN learner (SGD momentum 0.9, fp32, CPU unless CUDA is available)."""
-    from clrfit.models import mnist1d_cnn
-
-    if synthetic:
-        g = torch.Generator().manual_seed(0)
-        x, y = torch.randn(5000, 1, 40, generator=g), torch.randint(0, 10, (5000,), generator=g)
-        data = ModelData.from_tensors(x[:4000], y[:4000], x[4000:], y[4000:], bs=bs)
-    else:
-        from clrfit.datasets import mnist1d
-
-        data = mnist1d(bs=bs)
-    torch.manual_seed(0)
-    return Learner(mnist1d_cnn(), data, progress=False, table=False)
 
 
 def time_fit(learn: Learner, epochs: int, options: dict, folder: Path) -> float:
@@ -67,16 +51,10 @@ def time_fit(learn: Learner, epochs: int, options: dict, folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--bs", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--synthetic", action="store_true", help="random data instead of MNIST-1D")
+    add_common_args(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    learn = make_learner(args.synthetic, args.bs)
-    print(f"{learn.data!r}, mnist1d_cnn; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {learn.device}, {args.epochs} epochs per fit")
+    learn, described = mnist1d_learner(args)
+    print(f"{described}, device {learn.device}, {args.epochs} epochs per fit")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         time_fit(learn, 1, VARIANTS["ckpt/epoch"], folder)  # warm-up

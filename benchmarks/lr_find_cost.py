@@ -19,27 +19,10 @@ import argparse
 import statistics
 import time
 
-import torch
+from _common import add_common_args, mnist1d_learner  # benchmarks/ is on the path when a script runs
 
-from clrfit import Learner, ModelData, accuracy
+from clrfit import Learner, accuracy
 from clrfit.schedules import ConstantLR
-
-
-def mnist1d_learner(synthetic: bool, bs: int) -> tuple[Learner, str]:
-    """The learner both timings use, and a description of its data."""
-    from clrfit.models import mnist1d_cnn
-
-    if synthetic:
-        g = torch.Generator().manual_seed(0)
-        x, y = torch.randn(5000, 1, 40, generator=g), torch.randint(0, 10, (5000,), generator=g)
-        data, name = ModelData.from_tensors(x[:4000], y[:4000], x[4000:], y[4000:], bs=bs), "synthetic MNIST-1D-shaped"
-    else:
-        from clrfit.datasets import mnist1d
-
-        data, name = mnist1d(bs=bs), "MNIST-1D"
-    torch.manual_seed(0)
-    learn = Learner(mnist1d_cnn(), data, metrics=[accuracy], progress=False, table=False)
-    return learn, f"{name}: {data!r}, mnist1d_cnn"
 
 
 def time_plain(learn: Learner, n: int) -> float:
@@ -66,15 +49,10 @@ def time_finder(learn: Learner, n: int, validate: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-it", type=int, default=96, help="iterations per timed run (default 96: 3 epochs)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--bs", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--synthetic", action="store_true", help="random data instead of MNIST-1D")
+    add_common_args(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    learn, described = mnist1d_learner(args.synthetic, args.bs)
-    print(f"{described}; torch {torch.__version__}, {torch.get_num_threads()} threads, device {learn.device}")
+    learn, described = mnist1d_learner(args, metrics=[accuracy])
+    print(f"{described}, device {learn.device}")
     time_plain(learn, len(learn.data.trn_dl))  # warm-up
     time_finder(learn, 10, validate=True)
     rows = {"plain": [], "lr_find": [], "lr_find2": []}
