@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -81,8 +82,6 @@ class DistributedContext:
                 f"device={str(device)!r} under torchrun, but the process group uses NCCL (GPU only); train on the GPU "
                 "(leave device=None), or call torch.distributed.init_process_group('gloo') before building the Learner"
             )
-        from torch.nn.parallel import DistributedDataParallel
-
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
