@@ -40,7 +40,7 @@ LR, DIV, PCT, MAX_MOM, MIN_MOM = 0.5, 10.0, 10.0, 0.95, 0.85
 
 
 def one_cycle(t: int, n: int) -> tuple[float, float]:
-    """1cycle lr and momentum at step t of n (SCHEDULES.md), written out by hand for the raw loop."""
+    """1cycle lr and momentum at step t of n (docs/schedules.md), written out by hand for the raw loop."""
     c = int(n * (1 - PCT / 100) / 2)
     if t > 2 * c:
         return LR * (1 - 0.99 * (t - 2 * c) / (n - 2 * c)) / DIV, MAX_MOM

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 import clrfit.checkpoint as checkpoint_module
 from clrfit import Callback, Learner, ModelData
 from clrfit import DivergenceError
-from clrfit.checkpoint import CHECK_EVERY
+from clrfit.checkpoint import CHECK_EVERY, callable_fingerprint
 from clrfit.checkpoint import read_checkpoint
 from clrfit.distributed import DistributedContext
-from clrfit.schedules import OneCycle, one_cycle_schedule
+from clrfit.schedules import ConstantLR, OneCycle, one_cycle_schedule
 from clrfit.serialization import temp_files
 from conftest import InterruptAt
 
@@ -567,3 +567,86 @@ def test_fp16_gradient_scaler_state_is_resumed(tmp_path):
     resumed = fit(build_fp16(), checkpoint=ckpt, resume=True)
     assert resumed.precision.state_dict() == reference.precision.state_dict()
     assert_same_run(reference, resumed)
+
+
+# ---------------------------------------------------------------------------- the schedule's own arguments
+
+
+def _halve(x: float) -> float:
+    return 0.5**x
+
+
+def _third(x: float) -> float:
+    return (1 / 3) ** x
+
+
+def test_resume_refuses_a_changed_scale_fn_and_accepts_the_same_one(tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    fit = dict(base_lr=0.01, max_lr=0.1, step_size_up=4, scale_fn=_halve)
+    build().fit_cyclic(2, **fit, checkpoint=ckpt)
+    build().fit_cyclic(2, **fit, checkpoint=ckpt, resume=True)  # same function: resumes (at the end: nothing to do)
+    with pytest.raises(ValueError, match=r"different fit; schedule: .*_halve.* in the checkpoint, .*_third.* now"):
+        build().fit_cyclic(2, **dict(fit, scale_fn=_third), checkpoint=ckpt, resume=True)
+
+
+def test_resume_refuses_a_different_custom_schedule(tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    build().train(ConstantLR((0.05,)), 2, checkpoint=ckpt)
+    build().train(ConstantLR((0.05,)), 2, checkpoint=ckpt, resume=True)
+    with pytest.raises(ValueError, match="different fit; schedule:"):
+        build().train(ConstantLR((0.02,)), 2, checkpoint=ckpt, resume=True)
+
+
+SCALE_MODULE = """
+FACTOR = {factor}
+
+def make(k):
+    def scale(x):
+        return k * FACTOR ** x
+    return scale
+
+def halve(x):
+    return {factor} ** x
+"""
+
+
+def _fingerprints_in_a_new_process(folder: Path) -> list[str]:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import scales; from clrfit.checkpoint import callable_fingerprint as f; "
+            "print(f(scales.halve)); print(f(scales.make(2)))")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_callable_fingerprint_is_stable_across_processes_and_changes_with_the_code(tmp_path):
+    (tmp_path / "scales.py").write_text(SCALE_MODULE.format(factor=0.5))
+    first = _fingerprints_in_a_new_process(tmp_path)
+    assert first == _fingerprints_in_a_new_process(tmp_path)  # no address, no per-process salt
+    assert first[0].startswith("scales.halve#") and first[1].startswith("scales.make.<locals>.scale#")
+    assert "0x" not in "".join(first)
+    (tmp_path / "scales.py").write_text(SCALE_MODULE.format(factor=0.25))  # the code's constant changed
+    changed = _fingerprints_in_a_new_process(tmp_path)
+    assert changed[0] != first[0]
+    # closure values count too: the same code with another captured k differs
+    def make(k):
+        return lambda x: k * x
+    assert callable_fingerprint(make(2)) != callable_fingerprint(make(3))
+    assert callable_fingerprint(make(2)) == callable_fingerprint(make(2))
+
+
+def test_divergence_is_caught_within_check_every_steps_on_cpu():
+    class Steps(Callback):
+        def on_train_begin(self):
+            self.ran = 0
+
+        def on_batch_end(self):
+            self.ran += 1
+
+    steps = Steps()
+    learn = build(n_trn=8 * (CHECK_EVERY + 20))  # one epoch longer than CHECK_EVERY: no epoch end in between
+    assert len(learn.data.trn_dl) > CHECK_EVERY + 3
+    with pytest.raises(DivergenceError, match="iteration 3 ") as info:
+        learn.fit(0.05, 1, callbacks=[steps, PoisonAt(3)])
+    assert info.value.iteration == 3
+    assert steps.ran == CHECK_EVERY  # the losses are read back (and checked) every CHECK_EVERY steps
