@@ -3,8 +3,9 @@
 ``learn.sched`` is a :class:`Recorder`. Hyper-parameters are read back from the
 optimizer's param groups after the schedule set them, so they are what the
 optimizer used. Losses are kept on the device and read back in batches
-(``flush_every`` steps, at epoch end, and whenever a list is read), so recording
-adds no per-step host sync.
+(every ``flush_every`` = 32 steps on every device, at epoch end, and whenever a
+list is read), so recording adds no per-step host sync; the divergence guard
+checks the losses at those same points (see :mod:`clrfit.checkpoint`).
 """
 from __future__ import annotations
 
