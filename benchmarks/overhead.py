@@ -119,20 +119,26 @@ def interleaved(args: argparse.Namespace) -> None:
     for fn in loops.values():  # warm-up (allocator, kernels) outside the measurement
         fn()
     times: dict[str, list[float]] = {"learner": [], "raw": []}
-    ratios = []
+    cpu: dict[str, list[float]] = {"learner": [], "raw": []}
+    ratios, cpu_ratios = [], []
     for r in range(args.rounds):
         order = ["learner", "raw"] if r % 2 == 0 else ["raw", "learner"]
         for name in order:
             torch.manual_seed(r)  # same shuffling order for both loops
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             loops[name]()
             times[name].append((time.perf_counter() - start) / steps * 1e6)
+            cpu[name].append((time.process_time() - cpu_start) / steps * 1e6)
         ratios.append(times["learner"][-1] / times["raw"][-1])
+        cpu_ratios.append(cpu["learner"][-1] / cpu["raw"][-1])
     learner_us, raw_us = statistics.median(times["learner"]), statistics.median(times["raw"])
+    learner_cpu, raw_cpu = statistics.median(cpu["learner"]), statistics.median(cpu["raw"])
     print(f"interleaved: model {args.model}, {args.rounds} rounds x {args.epochs} epochs ({steps} steps + "
           f"validation each epoch), bs {args.bs}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"median us/step: learner {learner_us:.1f}, raw {raw_us:.1f}")
     print(f"overhead us/step (median learner - median raw): {learner_us - raw_us:.1f}")
+    print(f"median CPU us/step: learner {learner_cpu:.1f}, raw {raw_cpu:.1f}; overhead {learner_cpu - raw_cpu:.1f}; "
+          f"median CPU-time ratio {statistics.median(cpu_ratios):.3f} (steadier on a shared machine)")
     print(f"median ratio learner/raw: {statistics.median(ratios):.3f}")
 
 
