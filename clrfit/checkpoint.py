@@ -115,6 +115,8 @@ def checkpoint_callbacks(
 ) -> list[Callback]:
     """The callbacks for a fit's ``checkpoint=`` / ``checkpoint_every=`` / ``resume=`` / ``on_nan=``."""
     on_nan = check_choice("on_nan", on_nan, ON_NAN)
+    if checkpoint_every is not None:
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
     if checkpoint is None and resume:
         raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
     if checkpoint is None and checkpoint_every is not None:

@@ -392,26 +392,11 @@ class Learner:
         fill) and ``validate`` (False: no end-of-epoch validation) serve the range tests.
         """
         n_epochs = check_int("n_epochs", n_epochs, minimum=1)
-        accumulate = check_int("accumulate", accumulate, minimum=1)
-        check_bool("use_wd_sched", use_wd_sched)
-        check_bool("norm_wds", norm_wds)
-        backend = compile_backend(compile)
-        check_bool("resume", resume)
-        check_choice("on_nan", on_nan, ("raise", "restore", "ignore"))
-        if wds_sched_mult is not None and not callable(wds_sched_mult):
-            raise TypeError(f"wds_sched_mult must be a callable taking the learner; got {wds_sched_mult!r}")
-        group_wds = None if wds is None else as_group_values("wds", wds, self.n_groups, minimum=0.0)
-        if (norm_wds or wds_sched_mult is not None) and not use_wd_sched:
-            raise ValueError("norm_wds and wds_sched_mult apply to scheduled weight decay; pass use_wd_sched=True")
-        if use_wd_sched and group_wds is None:
-            raise ValueError("use_wd_sched=True needs wds (the weight decay to schedule); got wds=None")
-        if resume and checkpoint is None:
-            raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
-        if checkpoint_every is not None:
-            checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+        accumulate, backend, group_wds = _check_options(self.n_groups, wds, use_wd_sched, norm_wds, wds_sched_mult,
+                                                        accumulate, compile, resume, on_nan)
         fit_callbacks = _check_callbacks("callbacks", callbacks)
         _check_metrics(metrics)
-        fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)  # checks checkpoint=
+        fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)  # checks checkpoint*
         self._reset_counters()
         self.validate_each_epoch = check_bool("validate", validate)
         self._metrics = list(metrics) if metrics is not None else self.metrics
@@ -634,6 +619,25 @@ def _param_groups(model: nn.Module, layer_groups: Sequence[Any] | None) -> list[
         seen.update(id(p) for p in params)
         groups.append({"params": params})
     return groups
+
+
+def _check_options(n_groups: int, wds: Any, use_wd_sched: Any, norm_wds: Any, wds_sched_mult: Any, accumulate: Any,
+                   compile: Any, resume: Any, on_nan: Any) -> tuple[int, str | None, tuple[float, ...] | None]:
+    """Check a fit's options before anything changes; ``(accumulate, compile backend, wds per group)``."""
+    accumulate = check_int("accumulate", accumulate, minimum=1)
+    check_bool("use_wd_sched", use_wd_sched)
+    check_bool("norm_wds", norm_wds)
+    backend = compile_backend(compile)
+    check_bool("resume", resume)
+    check_choice("on_nan", on_nan, ("raise", "restore", "ignore"))
+    if wds_sched_mult is not None and not callable(wds_sched_mult):
+        raise TypeError(f"wds_sched_mult must be a callable taking the learner; got {wds_sched_mult!r}")
+    group_wds = None if wds is None else as_group_values("wds", wds, n_groups, minimum=0.0)
+    if (norm_wds or wds_sched_mult is not None) and not use_wd_sched:
+        raise ValueError("norm_wds and wds_sched_mult apply to scheduled weight decay; pass use_wd_sched=True")
+    if use_wd_sched and group_wds is None:
+        raise ValueError("use_wd_sched=True needs wds (the weight decay to schedule); got wds=None")
+    return accumulate, backend, group_wds
 
 
 def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Callback]:

@@ -15,7 +15,7 @@ loader generators and RNG states, which loading a file does not touch.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
