@@ -420,17 +420,19 @@ class Learner:
             cb.learn = self
         self._handlers = {e: [getattr(cb, e) for cb in self._cbs if _overrides(cb, e)] for e in EVENTS}
         self._interrupt_requested = False
-        with sigint(self._request_stop):
-            try:
-                self._scope("train", self._all_epochs, CancelFitException)
-            finally:
-                self._interrupt_requested = False
-                self._fire("on_train_end")
-                if self.interrupted:
-                    raise KeyboardInterrupt(
-                        f"training interrupted by Ctrl-C at epoch {self.epoch}, iteration {self.iteration}; "
-                        "the model and learn.sched hold the state reached"
-                    )
+        try:
+            with sigint(self._request_stop):
+                try:
+                    self._scope("train", self._all_epochs, CancelFitException)
+                finally:
+                    self._fire("on_train_end")
+                    if self.interrupted:
+                        raise KeyboardInterrupt(
+                            f"training interrupted by Ctrl-C at epoch {self.epoch}, iteration {self.iteration}; "
+                            "the model and learn.sched hold the state reached"
+                        )
+        finally:
+            self._interrupt_requested = False
 
     def _request_stop(self) -> None:
         self._interrupt_requested = True  # the loop stops after the current step
