@@ -234,7 +234,6 @@ class Checkpoint(Callback):
     def _reset(self) -> None:
         self.saved_at: tuple[int, int, int] | None = None  # counters of the last good checkpoint of this fit
         self.validation_rng: tuple[int, dict[str, Any]] | None = None
-        self.epoch_generators: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ events
     def on_train_begin(self) -> None:
@@ -252,10 +251,6 @@ class Checkpoint(Callback):
         # The last step of an epoch is saved at the epoch's end, after validation.
         if self.every is not None and done < learn.steps_per_epoch and (learn.iteration + 1) % self.every == 0:
             self._save(learn.epoch, done, learn.iteration + 1)
-
-    def on_epoch_begin(self) -> None:
-        # Loaders with their own generator replay the epoch from these states.
-        self.epoch_generators = [g.get_state() for g in _generators(self.learn)]
 
     def on_validate_begin(self) -> None:
         self.validation_rng = (self.learn.epoch, get_rng_states())  # an interrupted validation is redone from here
@@ -286,7 +281,7 @@ class Checkpoint(Callback):
         rng = rng if rng is not None else get_rng_states()
         # batch_index 0: the next epoch has not drawn its data order yet; it draws it from the current state.
         epoch_rng_state = learn.state.epoch_rng_state if batch_index > 0 else rng["torch"]
-        generators = self.epoch_generators if batch_index > 0 else [g.get_state() for g in _generators(learn)]
+        generators = learn.state.loader_generators if batch_index > 0 else [g.get_state() for g in _generators(learn)]
         cycle, iter_in_cycle = learn.schedule.position(iteration)
         # What differs between ranks: random streams, loader generators, local histories (each rank's own losses).
         own = {"epoch_rng_state": epoch_rng_state, "rng_states": rng, "loader_generators": generators,

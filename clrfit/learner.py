@@ -38,7 +38,7 @@ from .rollback import LearnerSnapshot
 from .runtime import Runtime, compile_backend
 from .scheduler import ParamScheduler
 from .serialization import load_state, save_state, set_rng_states
-from .state import TrainingState, sigint
+from .state import TrainingState, loader_generators, sigint
 from .suggest import Suggestions
 from .validation import as_group_values, check_bool, check_choice, check_int
 
@@ -407,6 +407,7 @@ class Learner:
         self.fit_args = dict(fit_args or {}, n_epochs=n_epochs, accumulate=accumulate, wds=group_wds,
                              use_wd_sched=use_wd_sched, norm_wds=norm_wds)
         self.train_model, self.eval_model = self.runtime.models(backend)
+        self._generators = loader_generators((self.data.trn_dl, self.data.val_dl))
         self.sched = self.recorder = recorder or Recorder()
         cbs = [ParamScheduler(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult), self.recorder]
         if self.progress or self.table:
@@ -490,8 +491,9 @@ class Learner:
     def _epoch_steps(self) -> Iterator[list[Any]]:
         """This epoch's optimizer steps (lists of ``accumulate`` micro-batches), from ``batch_index`` on.
 
-        The torch RNG state just before the loader is iterated is kept in
-        ``state.epoch_rng_state``: with it, a checkpoint replays this epoch's data order.
+        The torch RNG state and the loaders' generator states just before the loader
+        is iterated are kept in ``learn.state``: with them, a checkpoint replays this
+        epoch's data order.
         """
         dl, state = self.data.trn_dl, self.state
         sampler = getattr(dl, "sampler", None)
@@ -500,6 +502,7 @@ class Learner:
         if state.resume_rng is not None:  # a mid-epoch resume: replay this epoch's order
             torch.set_rng_state(state.epoch_rng_state)
         state.epoch_rng_state = torch.get_rng_state()
+        state.loader_generators = [g.get_state() for g in self._generators]
         batches = iter(dl)
         for _ in range(state.batch_index * self.accumulate):
             if next(batches, None) is None:  # resuming at an epoch's end (a short last step)

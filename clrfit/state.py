@@ -3,8 +3,8 @@
 ``TrainingState`` holds the integer counters of a fit (epoch, steps done in the
 epoch, iteration, cycle, iteration in cycle) and what replays the data order
 of the current epoch (the torch RNG state the epoch's order is drawn from, the
-RNG states to continue with once the done steps are skipped, and the loaders'
-own generators). Its ``state_dict`` is what a checkpoint stores under
+states of the loaders' own generators at that point, and the RNG states to
+continue with once the done steps are skipped). Its ``state_dict`` is what a checkpoint stores under
 ``counters`` and friends; ``load_state_dict`` is all a resume does to the loop.
 
 Also here, because the loop, the checkpoint writer and the range test all need
@@ -35,6 +35,7 @@ class TrainingState:
     cycle: int = 0
     iter_in_cycle: int = 0
     epoch_rng_state: torch.Tensor | None = None  # torch CPU RNG just before the epoch's loader is iterated
+    loader_generators: list[torch.Tensor] = field(default_factory=list, repr=False)  # their states at that point
     resume_rng: dict[str, Any] | None = field(default=None, repr=False)  # set by a mid-epoch resume, used once
 
     @property
@@ -43,14 +44,16 @@ class TrainingState:
         return {name: getattr(self, name) for name in COUNTERS}
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters and epoch RNG state, as plain values and tensors (loads with ``weights_only=True``)."""
-        return {"counters": self.counters, "epoch_rng_state": self.epoch_rng_state}
+        """Counters, epoch RNG and loader generator states, as plain values and tensors (``weights_only=True``)."""
+        return {"counters": self.counters, "epoch_rng_state": self.epoch_rng_state,
+                "loader_generators": list(self.loader_generators)}
 
     def load_state_dict(self, state: dict[str, Any], rng_states: dict[str, Any] | None = None) -> None:
         """Continue from ``state``; with ``rng_states`` (mid-epoch) the loop replays the epoch and then restores them."""
         for name in COUNTERS:
             setattr(self, name, int(state["counters"][name]))
         self.epoch_rng_state = state.get("epoch_rng_state")
+        self.loader_generators = list(state.get("loader_generators", []))
         self.resume_rng = rng_states
 
 

@@ -15,13 +15,16 @@ from conftest import make_learner
 
 def test_state_dict_round_trips_counters_and_epoch_rng():
     rng = torch.get_rng_state()
-    state = TrainingState(epoch=2, batch_index=3, iteration=15, cycle=1, iter_in_cycle=4, epoch_rng_state=rng)
+    gen = torch.Generator().manual_seed(3).get_state()
+    state = TrainingState(epoch=2, batch_index=3, iteration=15, cycle=1, iter_in_cycle=4, epoch_rng_state=rng,
+                          loader_generators=[gen])
     saved = state.state_dict()
     assert saved["counters"] == {"epoch": 2, "batch_index": 3, "iteration": 15, "cycle": 1, "iter_in_cycle": 4}
     assert tuple(saved["counters"]) == COUNTERS
     fresh = TrainingState()
     fresh.load_state_dict(saved)
     assert fresh.counters == state.counters and torch.equal(fresh.epoch_rng_state, rng)
+    assert len(fresh.loader_generators) == 1 and torch.equal(fresh.loader_generators[0], gen)
     assert fresh.resume_rng is None  # an epoch boundary: nothing to replay
     fresh.load_state_dict(saved, rng_states={"torch": rng})
     assert fresh.resume_rng == {"torch": rng}  # mid-epoch: the loop replays the epoch, then uses these once
@@ -35,6 +38,16 @@ def test_the_learner_counters_are_the_state():
     learn.iteration = 7  # the attribute writes through
     assert learn.state.iteration == 7
     assert learn.nb == learn.steps_per_epoch == 6
+
+
+def test_the_loop_records_the_loader_generators_at_each_epoch_start():
+    g = torch.Generator().manual_seed(5)
+    learn = make_learner()
+    learn.data.trn_dl = DataLoader(learn.data.trn_dl.dataset, batch_size=16, shuffle=True, generator=g)
+    expected = g.get_state()
+    learn.fit(0.1, 1)
+    assert len(learn.state.loader_generators) == 1 and torch.equal(learn.state.loader_generators[0], expected)
+    assert not torch.equal(g.get_state(), expected)  # the epoch's shuffle drew from it
 
 
 def test_loader_generators_finds_each_generator_once():
