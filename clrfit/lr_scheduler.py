@@ -194,10 +194,14 @@ ScheduleLR.from_one_cycle.__func__.__signature__ = ONE_CYCLE.signature(
 def _bind(cls: type, name: str, optimizer: Any, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], int, str]:
     """The builder's arguments by name (defaults filled in), its steps_per_epoch and after_end, checked."""
     sig = getattr(cls, name).__func__.__signature__
+    names = ", ".join(p for p in sig.parameters if p not in ("cls", "optimizer"))
+    unknown = sorted(set(kwargs) - set(sig.parameters) - {"cls"})
+    if unknown:
+        raise TypeError(f"ScheduleLR.{name}: unknown argument(s) {', '.join(map(repr, unknown))}; "
+                        f"it takes optimizer, {names}")
     try:
         bound = sig.bind(cls, optimizer, *args, **kwargs)
     except TypeError as err:
-        names = ", ".join(p for p in sig.parameters if p not in ("cls", "optimizer"))
         raise TypeError(f"ScheduleLR.{name}: {err}; it takes optimizer, {names}") from None
     bound.apply_defaults()
     a = dict(bound.arguments)

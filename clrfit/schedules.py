@@ -731,6 +731,10 @@ class ArgumentSpec:
 
     def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Every argument's value for this call, defaults filled in (``TypeError`` for a bad call)."""
+        unknown = sorted(set(kwargs) - set(self.names))
+        if unknown:
+            raise TypeError(f"{self.name}: unknown argument(s) {', '.join(map(repr, unknown))}; "
+                            f"its arguments are {', '.join(self.names)}")
         try:
             bound = self.signature().bind(*args, **kwargs)
         except TypeError as err:
@@ -941,6 +945,11 @@ def one_cycle_schedule(n_groups: int, *args: Any, **kwargs: Any) -> OneCycleLR:
 
 
 def _bind(builder: Callable, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    names = list(builder.__signature__.parameters)
+    unknown = sorted(set(kwargs) - set(names))
+    if unknown:
+        raise TypeError(f"{builder.__name__}: unknown argument(s) {', '.join(map(repr, unknown))}; "
+                        f"it takes {', '.join(names)}")
     try:
         bound = builder.__signature__.bind(*args, **kwargs)
     except TypeError as err:
