@@ -30,7 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from . import schedules
 from .optim import momentum_key, set_momentum
 from .schedules import CYCLIC, EPOCHS, FIT, ONE_CYCLE, Schedule
-from .validation import as_group_values, check_choice, check_int
+from .validation import check_choice, check_int
 
 AFTER_END = ("raise", "hold")
 _STATE_KEYS = {"step", "step_count", "after_end", "schedule"}
@@ -57,27 +57,22 @@ class ScheduleLR(LRScheduler):
     @classmethod
     def from_fit(cls, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> "ScheduleLR":
         """The schedule of ``learn.fit(lrs, n_cycle, cycle_len, cycle_mult, use_clr, use_clr_beta)``."""
-        a, steps, after_end = _bind(cls, "from_fit", optimizer, *args, **kwargs)
-        n_groups = len(optimizer.param_groups)
-        lrs = as_group_values("lrs", schedules._scalar(a["lrs"]), n_groups, positive=True)
-        schedule, _ = schedules.fit_schedule(lrs, steps, a["n_cycle"], a["cycle_len"], a["cycle_mult"],
-                                             a["use_clr"], a["use_clr_beta"])
-        return cls(optimizer, schedule, after_end)
+        return cls._build("from_fit", "fit", optimizer, *args, **kwargs)
 
     @classmethod
     def from_cyclic(cls, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> "ScheduleLR":
         """The schedule of ``learn.fit_cyclic(epochs, ...)``: torch's ``CyclicLR`` over ``epochs`` epochs."""
-        a, steps, after_end = _bind(cls, "from_cyclic", optimizer, *args, **kwargs)
-        epochs = check_int("epochs", schedules._scalar(a.pop("epochs")), minimum=1)
-        schedule = schedules.cyclic_schedule(len(optimizer.param_groups), **a, total=epochs * steps)
-        return cls(optimizer, schedule, after_end)
+        return cls._build("from_cyclic", "fit_cyclic", optimizer, *args, **kwargs)
 
     @classmethod
     def from_one_cycle(cls, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> "ScheduleLR":
         """The schedule of ``learn.fit_one_cycle(epochs, ...)``: torch's ``OneCycleLR`` over ``epochs`` epochs."""
-        a, steps, after_end = _bind(cls, "from_one_cycle", optimizer, *args, **kwargs)
-        epochs = check_int("epochs", schedules._scalar(a.pop("epochs")), minimum=1)
-        schedule = schedules.one_cycle_schedule(len(optimizer.param_groups), total=epochs * steps, **a)
+        return cls._build("from_one_cycle", "fit_one_cycle", optimizer, *args, **kwargs)
+
+    @classmethod
+    def _build(cls, name: str, method: str, optimizer: Any, *args: Any, **kwargs: Any) -> "ScheduleLR":
+        a, steps, after_end = _bind(cls, name, optimizer, *args, **kwargs)
+        schedule, _ = schedules.schedule_for(method, len(optimizer.param_groups), steps, **a)
         return cls(optimizer, schedule, after_end)
 
     # ------------------------------------------------------------------ torch's contract

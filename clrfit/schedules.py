@@ -132,6 +132,8 @@ class Schedule:
     phases: list[Phase] = []
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
+        if not self.phases:
+            raise NotImplementedError(f"{type(self).__name__}: set phases or override __call__(t)")
         phase, lr, mom = evaluate(self.phases, t % self.period if self.period else t)
         lrs = self._group_lrs(lr, phase)
         if mom is None:
@@ -966,6 +968,31 @@ _TOTAL_STEPS = _P("total", _P.POSITIONAL_OR_KEYWORD, annotation="int")
 cyclic_schedule.__signature__ = CYCLIC.signature([_N_GROUPS], [_TOTAL], return_annotation="CyclicLR")
 one_cycle_schedule.__signature__ = inspect.Signature(
     [_N_GROUPS, ONE_CYCLE.parameters[0], _TOTAL_STEPS, *ONE_CYCLE.parameters[1:]], return_annotation="OneCycleLR")
+
+
+#: The learner methods whose schedule arguments :func:`schedule_for` takes.
+METHODS = ("fit", "fit_cyclic", "fit_one_cycle")
+
+
+def schedule_for(method: str, n_groups: int, steps_per_epoch: int, *args: Any, **kwargs: Any) -> tuple[Schedule, int]:
+    """``(schedule, epochs)`` of ``learn.<method>(*args, **kwargs)``'s schedule arguments, checked.
+
+    ``method`` is ``"fit"`` (:data:`FIT`), ``"fit_cyclic"`` or ``"fit_one_cycle"``
+    (``epochs`` then :data:`CYCLIC` / :data:`ONE_CYCLE`); ``steps_per_epoch`` counts
+    optimizer steps. The learner's fits and :class:`clrfit.ScheduleLR` both build
+    their schedules here.
+    """
+    check_choice("method", method, METHODS)
+    steps = _integer("steps_per_epoch", steps_per_epoch, minimum=1)
+    n_groups = _integer("n_groups", n_groups, minimum=1)
+    if method == "fit":
+        a = FIT.bind(*args, **kwargs)
+        lrs = _group_values("lrs", a["lrs"], n_groups, positive=True)
+        return fit_schedule(lrs, steps, a["n_cycle"], a["cycle_len"], a["cycle_mult"], a["use_clr"], a["use_clr_beta"])
+    spec, build = (CYCLIC, cyclic_schedule) if method == "fit_cyclic" else (ONE_CYCLE, one_cycle_schedule)
+    a = ArgumentSpec(method, (EPOCHS, *spec.parameters)).bind(*args, **kwargs)
+    epochs = _integer("epochs", a.pop("epochs"), minimum=1)
+    return build(n_groups, **a, total=epochs * steps), epochs
 
 
 # --------------------------------------------------------------------------- previews

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import clrfit.schedules as schedules_module
 from clrfit.schedules import (
     SGDR,
     CircularLR,
@@ -529,3 +530,31 @@ def test_torch_accepts_zero_base_lr_and_zero_step_size_down():
                           (dict(step_size_up=0), "step_size_up must be > 0")]:
         with pytest.raises(ValueError, match=fragment):
             cyclic_schedule(1, **dict(dict(base_lr=0.0, max_lr=0.1), **bad))
+
+
+def test_schedule_for_takes_the_fit_methods_schedule_arguments():
+    from clrfit.schedules import schedule_for
+
+    schedule, epochs = schedule_for("fit", 2, 10, [0.1, 0.2], 2, cycle_len=3, cycle_mult=2)
+    assert schedule == fit_schedule((0.1, 0.2), 10, 2, 3, 2)[0] and epochs == 9
+    schedule, epochs = schedule_for("fit_cyclic", 1, 10, 3, 0.01, 0.1, step_size_up=4)
+    assert schedule == cyclic_schedule(1, 0.01, 0.1, step_size_up=4, total=30) and epochs == 3
+    schedule, epochs = schedule_for("fit_one_cycle", 2, 7, epochs=2, max_lr=[0.1, 0.5], three_phase=True)
+    assert schedule == one_cycle_schedule(2, [0.1, 0.5], 14, three_phase=True) and epochs == 2
+    with pytest.raises(ValueError, match="method must be one of 'fit', 'fit_cyclic', 'fit_one_cycle'; got 'fit_sgdr'"):
+        schedule_for("fit_sgdr", 1, 10, 0.1, 1)
+    with pytest.raises(TypeError, match="fit_cyclic: unknown argument.*'accumulate'"):
+        schedule_for("fit_cyclic", 1, 10, 3, 0.01, 0.1, accumulate=2)
+    with pytest.raises(ValueError, match="steps_per_epoch must be an integer >= 1; got 0"):
+        schedule_for("fit", 1, 0, 0.1, 1)
+    with pytest.raises(ValueError, match="lrs must be a number or one value per layer group"):
+        schedule_for("fit", 2, 10, [0.1, 0.2, 0.3], 1)
+
+
+def test_a_schedule_without_phases_must_define_call():
+    class Empty(schedules_module.Schedule):
+        pass
+
+    with pytest.raises(NotImplementedError, match="Empty: set phases or override"):
+        Empty()(0)
+    assert str(Empty()).startswith("<")  # no table to show: the default repr
