@@ -98,9 +98,9 @@ class ScheduleLR(LRScheduler):
         last_epoch, step_count = self.last_epoch, getattr(self, "_step_count", 0)
         try:
             super().step(epoch)
-        except _PastTheEnd as err:
-            self.last_epoch, self._step_count = last_epoch, step_count  # nothing happened
-            raise ValueError(str(err)) from None
+        except _PastTheEnd:
+            self.last_epoch, self._step_count = last_epoch, step_count  # the refused step changes nothing
+            raise
 
     def _index(self, step: int) -> int:
         total = self.schedule.total
@@ -136,8 +136,12 @@ class ScheduleLR(LRScheduler):
                      for k in sorted(set(saved) | set(own)) if saved.get(k, "<absent>") != own.get(k, "<absent>")]
             raise ValueError(f"state_dict was saved for another schedule ({'; '.join(diffs)}); "
                              "build the ScheduleLR with the same arguments to resume")
-        self.after_end = check_choice("state_dict['after_end']", state_dict["after_end"], AFTER_END)
-        self._index(step)  # refuses a step past the end under after_end='raise'
+        after_end = check_choice("state_dict['after_end']", state_dict["after_end"], AFTER_END)
+        total = self.schedule.total
+        if after_end == "raise" and total is not None and step > total:
+            raise ValueError(f"state_dict['step'] is {step}, past the end of the schedule ({total} steps) "
+                             "with after_end='raise'")
+        self.after_end = after_end
         self.last_epoch, self._step_count = step, state_dict["step_count"]
         lrs = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs):
@@ -151,8 +155,8 @@ class ScheduleLR(LRScheduler):
         return f"ScheduleLR(step={self.last_epoch}, after_end={self.after_end!r}, schedule={self.schedule!r})"
 
 
-class _PastTheEnd(Exception):
-    """Raised inside torch's step machinery; ``step()`` turns it into a ValueError after undoing the count."""
+class _PastTheEnd(ValueError):
+    """A step past the end under ``after_end='raise'``; ``step()`` undoes torch's count before it propagates."""
 
 
 def _check_fits(optimizer: torch.optim.Optimizer, schedule: Schedule) -> None:

@@ -396,3 +396,19 @@ def test_momentum_schedule_on_an_optimizer_without_momentum():
     assert opt.param_groups[0]["lr"] == 0.1
     sched = ScheduleLR.from_one_cycle(opt, 1, 0.1, cycle_momentum=False, steps_per_epoch=10)  # no momentum: fine
     assert sched.get_last_lr() == sched.schedule(0)[0] and math.isclose(sched.get_last_lr()[0], 0.1 / 25)
+
+
+def test_loading_a_state_past_the_end_follows_after_end():
+    opt = twin_optimizer(sgd, 1)
+    held = ScheduleLR.from_fit(opt, 0.1, 1, cycle_len=1, use_clr=(10, 4), steps_per_epoch=8, after_end="hold")
+    run_plain_loop(opt, held, 12)
+    state = held.state_dict()
+    assert state["step"] == 12
+    fresh = ScheduleLR.from_fit(twin_optimizer(sgd, 1), 0.1, 1, cycle_len=1, use_clr=(10, 4), steps_per_epoch=8)
+    fresh.load_state_dict(state)  # the saved after_end='hold' comes with it
+    assert fresh.after_end == "hold" and fresh.get_last_lr() == held.schedule(7)[0]
+    state["after_end"] = "raise"
+    other = ScheduleLR.from_fit(twin_optimizer(sgd, 1), 0.1, 1, cycle_len=1, use_clr=(10, 4), steps_per_epoch=8)
+    with pytest.raises(ValueError, match=r"step'\] is 12, past the end of the schedule \(8 steps\)"):
+        other.load_state_dict(state)
+    assert other.after_end == "raise" and other.last_epoch == 0
