@@ -129,7 +129,7 @@ class Schedule:
     total: int | None = None
     #: The phase table repeats every ``period`` steps (``None``: it covers the whole run).
     period: int | None = None
-    phases: list[Phase] = []
+    phases: Sequence[Phase] = ()
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         if not self.phases:
