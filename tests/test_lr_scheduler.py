@@ -412,3 +412,14 @@ def test_loading_a_state_past_the_end_follows_after_end():
     with pytest.raises(ValueError, match=r"step'\] is 12, past the end of the schedule \(8 steps\)"):
         other.load_state_dict(state)
     assert other.after_end == "raise" and other.last_epoch == 0
+
+
+def test_tensor_lr_groups_are_filled_in_place():
+    # torch lets Adam take a tensor lr (for capturable / compiled steps); torch's schedulers fill it in place
+    p = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([p], lr=torch.tensor(0.01))
+    lr_tensor = opt.param_groups[0]["lr"]
+    sched = ScheduleLR.from_one_cycle(opt, 1, 0.1, steps_per_epoch=5)
+    run_plain_loop(opt, sched, 3)
+    assert opt.param_groups[0]["lr"] is lr_tensor and lr_tensor.item() == pytest.approx(sched.schedule(3)[0][0])
+    assert opt.param_groups[0]["betas"][0] == sched.schedule(3)[1][0]
