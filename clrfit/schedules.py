@@ -91,15 +91,17 @@ def anneal(kind: str, start: float, end: float, pct: float, angle: float | None 
     raise ValueError(f"anneal must be one of {', '.join(map(repr, ANNEALS))}; got {kind!r}")
 
 
-def _anneal_level(kind: str, points: tuple[Level, Level], pct: float, angle: float | None) -> Level:
+def _anneal_level(kind: str, points: tuple[Level, Level], pct: float, angle: float | None) -> float | list[float]:
     a, b = points
-    if isinstance(a, tuple):
-        return tuple(anneal(kind, x, y, pct, angle) for x, y in zip(a, b))
+    if isinstance(a, tuple):  # one point per group
+        return [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)]
     return anneal(kind, a, b, pct, angle)
 
 
-def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Level, Level | None]:
-    """``(phase, lr level, momentum level)`` at step ``t``: the first phase with ``t <= last``.
+def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Any, Any]:
+    """``(phase, lr level, momentum level or None)`` at step ``t``: the first phase with ``t <= last``.
+
+    A level is one float, or a list of per-group floats where the phase's points are per group.
 
     Past the last row the final phase goes on (its ``pct`` exceeds 1).
     """
@@ -138,12 +140,12 @@ class Schedule:
         lrs = self._group_lrs(lr, phase)
         if mom is None:
             return lrs, None
-        return lrs, list(mom) if isinstance(mom, tuple) else [mom] * len(lrs)
+        return lrs, mom if isinstance(mom, list) else [mom] * len(lrs)
 
-    def _group_lrs(self, level: Level, phase: Phase) -> list[float]:
+    def _group_lrs(self, level: Any, phase: Phase) -> list[float]:
         if phase.divisor is not None:
             return [lr * level / phase.divisor for lr in self.lrs]
-        return list(level) if isinstance(level, tuple) else [level]
+        return level if isinstance(level, list) else [level]
 
     def position(self, t: int) -> tuple[int, int]:
         """``(cycle, iteration in cycle)`` of step ``t``."""
@@ -192,7 +194,7 @@ class Schedule:
         return f"{type(self).__name__}: {total}"
 
     def _display_lr(self, level: Level, phase: Phase) -> float:
-        return self._group_lrs(level, phase)[-1]
+        return self._group_lrs(list(level) if isinstance(level, tuple) else level, phase)[-1]
 
 
 def _phase_table(headline: str, phases: Sequence[Phase], lr_of: Callable[[Level, Phase], float],
