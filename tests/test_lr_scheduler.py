@@ -85,6 +85,12 @@ def run_plain_loop(opt: torch.optim.Optimizer, sched: ScheduleLR, steps: int) ->
 
 
 NB = 5
+
+
+def slow_decay(x: float) -> float:
+    return 1 / (1 + 0.05 * x)
+
+
 # (name, learner call, ScheduleLR builder with the same arguments); lrs given per group count
 FLAVOURS: dict[str, tuple[Callable, Callable]] = {
     "constant": (lambda l, lr: l.fit(lr, 2),
@@ -114,6 +120,10 @@ FLAVOURS: dict[str, tuple[Callable, Callable]] = {
                              lambda o, lr: ScheduleLR.from_cyclic(o, 3, 0.001, lr, step_size_up=3, mode="exp_range",
                                                                   gamma=0.97, base_momentum=0.8, max_momentum=0.95,
                                                                   steps_per_epoch=NB)),
+    "fit_cyclic_scale_fn": (lambda l, lr: l.fit_cyclic(3, 0.001, lr, step_size_up=4, scale_fn=slow_decay,
+                                                       scale_mode="iterations"),
+                            lambda o, lr: ScheduleLR.from_cyclic(o, 3, 0.001, lr, step_size_up=4, scale_fn=slow_decay,
+                                                                 scale_mode="iterations", steps_per_epoch=NB)),
     "fit_cyclic_no_momentum": (lambda l, lr: l.fit_cyclic(2, 0.001, lr, step_size_up=3, cycle_momentum=False),
                                lambda o, lr: ScheduleLR.from_cyclic(o, 2, 0.001, lr, step_size_up=3,
                                                                     cycle_momentum=False, steps_per_epoch=NB)),
