@@ -558,3 +558,26 @@ def test_a_schedule_without_phases_must_define_call():
     with pytest.raises(NotImplementedError, match="Empty: set phases or override"):
         Empty()(0)
     assert str(Empty()).startswith("<")  # no table to show: the default repr
+
+
+def test_a_phase_table_of_your_own():
+    # the example of docs/schedules.md
+    from dataclasses import dataclass
+
+    from clrfit.schedules import Phase, Schedule
+
+    @dataclass
+    class WarmupCosine(Schedule):
+        lrs: tuple[float, ...]
+        warmup: int
+        total: int
+
+        def __post_init__(self):
+            self.phases = [Phase("warm-up", 0, self.warmup, self.warmup, "linear", (0.0, 1.0), divisor=1.0),
+                           Phase("anneal", self.warmup, self.total - 1, math.inf, "cos", (1.0, 0.0), divisor=1.0)]
+
+    schedule = WarmupCosine((0.1, 1.0), warmup=4, total=21)
+    lrs = [schedule(t)[0] for t in range(21)]
+    assert lrs[0] == [0.0, 0.0] and lrs[2] == [0.05, 0.5] and lrs[4] == [0.1, 1.0]
+    assert close(lrs[12][1], 0.5) and lrs[20][1] == 0.0 and schedule(3)[1] is None
+    assert str(schedule).splitlines()[2].split() == ["warm-up", "0-4", "linear", "0", "->", "1", "-"]
