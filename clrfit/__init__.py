@@ -3,6 +3,7 @@ from .callback import Callback, CancelBatchException, CancelEpochException, Canc
 from .checkpoint import DivergenceError
 from .data import ModelData
 from .learner import Learner
+from .lr_scheduler import ScheduleLR
 from .metrics import accuracy, error_rate
 from .recorder import Recorder
 
@@ -17,6 +18,7 @@ __all__ = [
     "Learner",
     "ModelData",
     "Recorder",
+    "ScheduleLR",
     "accuracy",
     "error_rate",
 ]

@@ -65,7 +65,7 @@ FIT = [
 
 FIT_CYCLIC = [
     ("zero epochs", lambda l, p: l.fit_cyclic(0, 0.01, 0.1), "epochs"),
-    ("zero base_lr", lambda l, p: l.fit_cyclic(1, 0, 0.1), "base_lr"),
+    ("negative base_lr", lambda l, p: l.fit_cyclic(1, -0.01, 0.1), "base_lr"),  # 0 is allowed, as in torch
     ("negative max_lr", lambda l, p: l.fit_cyclic(1, 0.01, -1), "max_lr"),
     ("zero step_size_up", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, step_size_up=0), "step_size_up"),
     ("negative step_size_down", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, step_size_down=-2), "step_size_down"),
