@@ -144,3 +144,5 @@ def test_get_preds_under_torchrun_gathers_in_dataset_order(tmp_path, monkeypatch
         torch.testing.assert_close(r["preds"], preds)
         torch.testing.assert_close(r["losses"], losses)
         assert r["training"] is True
+        assert r["changed"] == ["3.bias", "3.weight"], "frozen under DDP: only the head trains"
+    torch.testing.assert_close(ranks[0]["head"], ranks[1]["head"])  # gradients were averaged: ranks agree
