@@ -4,8 +4,8 @@ Each class is one concern. Pass them to a fit (``learn.fit(..., callbacks=[...])
 or to the Learner (every fit). Stateful ones (``SaveBest``, ``EarlyStopping``,
 ``CSVLogger``, ``TensorBoardLogger``) store their state in checkpoints through
 ``state_dict()`` / ``load_state_dict()``, so ``fit(..., checkpoint=P, resume=True)``
-continues them exactly: a state restored by the checkpoint callback (order 60)
-is kept by ``on_train_begin``; a fresh fit starts them over.
+continues them exactly; a fresh fit starts them over. LR range tests leave
+them (and their files) untouched.
 
 ``monitor``: ``"val_loss"`` or the name of one of the fit's metrics (e.g.
 ``"accuracy"``); checked in ``on_train_begin``, before any step. ``mode="auto"``
@@ -30,24 +30,32 @@ _MAXIMISED = ("acc", "f1", "auc", "precision", "recall", "iou", "dice")
 
 
 class _Resumable(Callback):
-    """Resets its state at each fit's start, unless a checkpoint has just restored it."""
+    """Resets its state at each fit's start, unless the fit resumes from a checkpoint.
 
-    _restored = False
+    A resuming checkpoint callback (order 60) restores this state and sets the
+    counters in its ``on_train_begin``: a callback ordered after it sees non-zero
+    counters and keeps the restored state; one ordered before it resets, and is
+    then overwritten by the restore. LR range tests (``lr_find``, ``lr_find2``) are
+    not fits: a learner-wide callback sits them out (``sitting_out``), keeping its
+    state and files untouched.
+    """
+
+    sitting_out = False
 
     def reset(self) -> None:
         """Forget everything from earlier fits."""
 
+    @property
+    def resumed(self) -> bool:
+        """Whether this fit continues from a checkpoint (valid from the checkpoint's on_train_begin on)."""
+        return self.learn.epoch > 0 or self.learn.iteration > 0
+
     def on_train_begin(self) -> None:
-        if not self._restored:
+        from .lr_finder import RangeTestRecorder
+
+        self.sitting_out = isinstance(self.learn.recorder, RangeTestRecorder)
+        if not self.sitting_out and not self.resumed:
             self.reset()
-        self._restored = False
-
-    def on_train_end(self) -> None:
-        # A callback ordered before the checkpoint (60) is restored after its on_train_begin: clear the mark here.
-        self._restored = False
-
-    def _mark_restored(self) -> None:
-        self._restored = True
 
 
 class _Monitor(_Resumable):
@@ -116,11 +124,12 @@ class SaveBest(_Monitor):
         return self.path if self.path is not None else self.learn.model_path("best")
 
     def on_train_begin(self) -> None:
-        self.check_monitor()
         super().on_train_begin()
+        if not self.sitting_out:
+            self.check_monitor()
 
     def on_validate_end(self) -> None:
-        value = self.current()
+        value = None if self.sitting_out else self.current()
         if value is None or not self.improves(value):
             return
         learn = self.learn
@@ -131,8 +140,7 @@ class SaveBest(_Monitor):
         learn.dist.barrier()
 
     def on_train_end(self) -> None:
-        super().on_train_end()
-        if self.load_best and self.best_epoch >= 0:
+        if self.load_best and self.best_epoch >= 0 and not self.sitting_out:
             learn = self.learn
             learn.model.load_state_dict(load_state(self.file, learn.device, required=("model",))["model"])
 
@@ -141,7 +149,6 @@ class SaveBest(_Monitor):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
-        self._mark_restored()
 
     def __repr__(self) -> str:
         return f"SaveBest(monitor={self.monitor!r}, best={self.best:.6g} at epoch {self.best_epoch})"
@@ -165,13 +172,15 @@ class EarlyStopping(_Monitor):
         self.reason = ""
 
     def on_train_begin(self) -> None:
-        self.check_monitor()
         super().on_train_begin()
+        if self.sitting_out:
+            return
+        self.check_monitor()
         if self.stopped_epoch >= 0:  # resuming a fit that had already stopped: it stays stopped
             raise CancelFitException()
 
     def on_validate_end(self) -> None:
-        value = self.current()
+        value = None if self.sitting_out else self.current()
         if value is None:
             return
         epoch = self.learn.epoch
@@ -195,7 +204,6 @@ class EarlyStopping(_Monitor):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
         self.wait, self.stopped_epoch, self.reason = int(state["wait"]), int(state["stopped_epoch"]), str(state["reason"])
-        self._mark_restored()
 
 
 class GradientClipping(Callback):
@@ -258,7 +266,7 @@ class CSVLogger(_Resumable):
         self._ready = False  # the file is prepared at the first epoch, once a checkpoint may have restored state
 
     def on_epoch_begin(self) -> None:
-        if not self._ready:
+        if not self._ready and not self.sitting_out:
             self._prepare()
 
     def _prepare(self) -> None:
@@ -280,7 +288,7 @@ class CSVLogger(_Resumable):
 
     def on_epoch_end(self) -> None:
         learn = self.learn
-        if learn.interrupted or learn.batch_index < learn.nb:  # only complete epochs get a row
+        if self.sitting_out or learn.interrupted or learn.batch_index < learn.nb:  # only complete epochs get a row
             return
         if not self._ready:
             self._prepare()
@@ -307,7 +315,6 @@ class CSVLogger(_Resumable):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lines = int(state["lines"])
-        self._mark_restored()
 
 
 class TensorBoardLogger(_Resumable):
@@ -317,7 +324,8 @@ class TensorBoardLogger(_Resumable):
     Step scalars (``lr/group{i}``, ``momentum/group{i}``, ``loss/train``,
     ``loss/train_smooth``) use the iteration as the step; epoch scalars
     (``epoch/val_loss``, ``epoch/<metric>``, ``epoch/train_loss``) use the
-    epoch's last iteration. They are read from the recorder at each epoch's end
+    epoch's last iteration. A later fit with the same logger continues the
+    steps after the previous fit's last one. They are read from the recorder at each epoch's end
     (no extra device sync per step). On resume, events past the checkpoint are
     purged and written again. Needs the optional ``tensorboard`` package.
     """
@@ -334,27 +342,30 @@ class TensorBoardLogger(_Resumable):
             raise TypeError(f"log_dir must be a folder path (str or pathlib.Path); got {log_dir!r}")
         self.log_dir = Path(log_dir)
         self.writer = None
+        self.next_step = 0  # TensorBoard step of the next event
         self.reset()
 
     def reset(self) -> None:
-        self.logged = 0  # recorder steps written
-        self.next_step = 0  # iteration of the next step to write
+        # A later fit continues the x axis where the previous one ended, instead of drawing over it.
+        self.base = self.next_step  # TensorBoard step of this fit's iteration 0
+        self.logged = 0  # recorder steps of this fit written
 
     def on_train_begin(self) -> None:
-        resumed = self._restored
         super().on_train_begin()
-        if self.learn.is_main_process:
+        if self.learn.is_main_process and not self.sitting_out:
             from torch.utils.tensorboard import SummaryWriter
 
             self._close()
-            self.writer = SummaryWriter(str(self.log_dir), purge_step=self.next_step if resumed else None)
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=self.next_step if self.resumed else None)
 
     def on_epoch_end(self) -> None:
         learn = self.learn
+        if self.sitting_out:
+            return
         self._write_steps()
         if self.writer is None or learn.val_loss is None:
             return
-        step = max(learn.iteration - 1, 0)
+        step = self.base + max(learn.iteration - 1, 0)
         self.writer.add_scalar("epoch/train_loss", learn.recorder.last_loss, step)
         self.writer.add_scalar("epoch/val_loss", learn.val_loss, step)
         for name, value in zip(learn.metric_names, learn.val_metrics):
@@ -362,9 +373,9 @@ class TensorBoardLogger(_Resumable):
         self.writer.flush()
 
     def on_train_end(self) -> None:
-        super().on_train_end()
-        self._write_steps()
-        self._close()
+        if not self.sitting_out:
+            self._write_steps()
+            self._close()
 
     def _write_steps(self) -> None:
         rec = self.learn.recorder
@@ -372,7 +383,7 @@ class TensorBoardLogger(_Resumable):
         n = min(len(rec.iterations), len(raw))
         if self.writer is not None:
             for j in range(self.logged, n):
-                step = rec.iterations[j]
+                step = self.base + rec.iterations[j]
                 for i, lr in enumerate(rec.group_lrs[j]):
                     self.writer.add_scalar(f"lr/group{i}", lr, step)
                 for i, mom in enumerate(rec.group_moms[j]):
@@ -382,7 +393,7 @@ class TensorBoardLogger(_Resumable):
                 self.writer.add_scalar("loss/train_smooth", smooth[j], step)
             self.writer.flush()
         if n > self.logged:
-            self.logged, self.next_step = n, rec.iterations[n - 1] + 1
+            self.logged, self.next_step = n, self.base + rec.iterations[n - 1] + 1
 
     def _close(self) -> None:
         if self.writer is not None:
@@ -390,11 +401,10 @@ class TensorBoardLogger(_Resumable):
             self.writer = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"logged": self.logged, "next_step": self.next_step}
+        return {"base": self.base, "logged": self.logged, "next_step": self.next_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.logged, self.next_step = int(state["logged"]), int(state["next_step"])
-        self._mark_restored()
+        self.base, self.logged, self.next_step = int(state["base"]), int(state["logged"]), int(state["next_step"])
 
 
 def _replace_text(path: Path, text: str) -> None:

@@ -259,3 +259,25 @@ def test_resume_after_early_stop_stays_stopped(tmp_path):
     stop2 = EarlyStopping(patience=1, min_delta=1.0)
     again.fit(0.1, 5, callbacks=[stop2], checkpoint=tmp_path / "ck.pt", resume=True)
     assert stop2.stopped_epoch == 1 and again.iteration == learn.iteration == 12
+
+
+def test_learner_wide_callbacks_sit_out_range_tests_and_tensorboard_continues_steps(tmp_path):
+    tb = []
+    try:
+        tb = [TensorBoardLogger(tmp_path / "tb")]
+    except ImportError:
+        pass
+    cbs = [SaveBest(path=tmp_path / "best.pt"), EarlyStopping(patience=5), CSVLogger(tmp_path / "log.csv"), *tb]
+    learn = make_learner(metrics=[accuracy], callbacks=cbs)
+    learn.fit(0.1, 2)
+    states = [cb.state_dict() for cb in cbs]
+    csv_text = (tmp_path / "log.csv").read_text()
+    learn.lr_find2(num_it=20)  # validates no epoch: the callbacks must neither fail nor change
+    learn.lr_find()
+    assert [cb.state_dict() for cb in cbs] == states
+    assert (tmp_path / "log.csv").read_text() == csv_text
+    learn.fit(0.1, 1)
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 2, "a fresh fit starts the CSV over"
+    if tb:
+        steps = [step for step, _ in _scalars(tmp_path / "tb")["lr/group0"]]
+        assert steps == list(range(18)), "the second fit's 6 steps follow the first fit's 12"
