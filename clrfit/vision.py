@@ -22,6 +22,7 @@ same on every run and every rank.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -90,20 +91,17 @@ def image_folder_data(
             raise ValueError(f"valid: the class folders of {valid_root} differ from those of {train_root} "
                              f"(only in train: {only_trn}, only in valid: {only_val}); both need the same class folders")
 
-    def folder(root_: Path, transform: Callable) -> Dataset:
-        return ImageFolder(str(root_), transform=transform)
-
     mean, std = _normalization(normalize, trn_plain.samples, size)
     trn_tfm, val_tfm = image_transforms(size, augment, mean, std)
     if valid_pct is not None:
         trn_idx, val_idx = split_indices(len(trn_plain), valid_pct, seed)
-        trn_ds: Dataset = Subset(folder(train_root, trn_tfm), trn_idx)
-        val_ds: Dataset | None = Subset(folder(train_root, val_tfm), val_idx)
-        aug_ds: Dataset | None = Subset(folder(train_root, trn_tfm), val_idx)
+        trn_ds: Dataset = Subset(_with_transform(trn_plain, trn_tfm), trn_idx)
+        val_ds: Dataset | None = Subset(_with_transform(trn_plain, val_tfm), val_idx)
+        aug_ds: Dataset | None = Subset(_with_transform(trn_plain, trn_tfm), val_idx)
     else:
-        trn_ds = folder(train_root, trn_tfm)
-        val_ds = None if valid_root is None else folder(valid_root, val_tfm)
-        aug_ds = None if valid_root is None else folder(valid_root, trn_tfm)
+        trn_ds = _with_transform(trn_plain, trn_tfm)
+        val_ds = None if val_plain is None else _with_transform(val_plain, val_tfm)
+        aug_ds = None if val_plain is None else _with_transform(val_plain, trn_tfm)
     return _model_data(trn_ds, val_ds, aug_ds, classes, bs, val_bs, num_workers)
 
 
@@ -184,6 +182,13 @@ def _check_common(size, bs, augment, num_workers, valid_pct, seed, normalize) ->
     if valid_pct is not None:
         valid_pct = check_number("valid_pct", valid_pct, minimum=0.0, maximum=1.0, exclusive_min=True, exclusive_max=True)
     return size, augment, valid_pct
+
+
+def _with_transform(ds: Any, transform: Callable) -> Any:
+    """A shallow copy of an ImageFolder with another transform (the folder is scanned once, not per copy)."""
+    out = copy.copy(ds)
+    out.transform = transform
+    return out
 
 
 def _existing_folder(name: str, path: Any) -> Path:
