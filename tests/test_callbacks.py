@@ -1,14 +1,12 @@
 """clrfit.callbacks: SaveBest, EarlyStopping, GradientClipping, CSVLogger, TensorBoardLogger, and exact resume."""
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from clrfit import Callback, Learner, ModelData, accuracy
 from clrfit.callbacks import CSVLogger, EarlyStopping, GradientClipping, SaveBest, TensorBoardLogger
