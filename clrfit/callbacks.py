@@ -124,11 +124,13 @@ class SaveBest(_Monitor):
         return self.path if self.path is not None else self.learn.model_path("best")
 
     def on_train_begin(self) -> None:
+        """Check the monitor and start over (unless resuming)."""
         super().on_train_begin()
         if not self.sitting_out:
             self.check_monitor()
 
     def on_validate_end(self) -> None:
+        """Save the model if this epoch's value is the best so far."""
         value = None if self.sitting_out else self.current()
         if value is None or not self.improves(value):
             return
@@ -140,14 +142,17 @@ class SaveBest(_Monitor):
         learn.dist.barrier()
 
     def on_train_end(self) -> None:
+        """Load the best model back if ``load_best``."""
         if self.load_best and self.best_epoch >= 0 and not self.sitting_out:
             learn = self.learn
             learn.model.load_state_dict(load_state(self.file, learn.device, required=("model",))["model"])
 
     def state_dict(self) -> dict[str, Any]:
+        """Best value and epoch, for checkpoints."""
         return {"best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
 
     def __repr__(self) -> str:
@@ -166,12 +171,14 @@ class EarlyStopping(_Monitor):
         super().__init__(monitor, mode)
 
     def reset(self) -> None:
+        """Forget the best value and the epochs waited."""
         super().reset()
         self.wait = 0
         self.stopped_epoch = -1
         self.reason = ""
 
     def on_train_begin(self) -> None:
+        """Check the monitor; a resumed fit that had stopped stays stopped."""
         super().on_train_begin()
         if self.sitting_out:
             return
@@ -180,6 +187,7 @@ class EarlyStopping(_Monitor):
             raise CancelFitException()
 
     def on_validate_end(self) -> None:
+        """Count an epoch without improvement, and stop after ``patience`` of them."""
         value = None if self.sitting_out else self.current()
         if value is None:
             return
@@ -198,10 +206,12 @@ class EarlyStopping(_Monitor):
             raise CancelFitException()
 
     def state_dict(self) -> dict[str, Any]:
+        """Best value, epochs waited and the stop, for checkpoints."""
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
                 "stopped_epoch": self.stopped_epoch, "reason": self.reason}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
         self.wait, self.stopped_epoch, self.reason = int(state["wait"]), int(state["stopped_epoch"]), str(state["reason"])
 
@@ -224,6 +234,7 @@ class GradientClipping(Callback):
         self.last_norm = None
 
     def on_backward_end(self) -> None:
+        """Unscale (fp16) and clip the gradients before the step."""
         import torch
 
         learn = self.learn
@@ -258,14 +269,17 @@ class CSVLogger(_Resumable):
         self.reset()
 
     def reset(self) -> None:
+        """Start a new file at the next epoch."""
         self.lines = 0  # lines of the file (header included) this logger has accounted for
         self._ready = False
 
     def on_train_begin(self) -> None:
+        """Start over (a resume then restores the row count)."""
         super().on_train_begin()
         self._ready = False  # the file is prepared at the first epoch, once a checkpoint may have restored state
 
     def on_epoch_begin(self) -> None:
+        """Prepare the file once per fit: new, appended to, or cut back on resume."""
         if not self._ready and not self.sitting_out:
             self._prepare()
 
@@ -287,6 +301,7 @@ class CSVLogger(_Resumable):
         self._write_line(",".join(self.columns))
 
     def on_epoch_end(self) -> None:
+        """Write this epoch's row (complete epochs only)."""
         learn = self.learn
         if self.sitting_out or learn.interrupted or learn.batch_index < learn.nb:  # only complete epochs get a row
             return
@@ -311,9 +326,11 @@ class CSVLogger(_Resumable):
         self.lines += 1
 
     def state_dict(self) -> dict[str, Any]:
+        """Lines written, for checkpoints."""
         return {"lines": self.lines, "path": str(self.path)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.lines = int(state["lines"])
 
 
@@ -346,11 +363,13 @@ class TensorBoardLogger(_Resumable):
         self.reset()
 
     def reset(self) -> None:
+        """Start this fit's steps after the last step written."""
         # A later fit continues the x axis where the previous one ended, instead of drawing over it.
         self.base = self.next_step  # TensorBoard step of this fit's iteration 0
         self.logged = 0  # recorder steps of this fit written
 
     def on_train_begin(self) -> None:
+        """Open the event writer (purging events past the checkpoint on resume)."""
         super().on_train_begin()
         if self.learn.is_main_process and not self.sitting_out:
             from torch.utils.tensorboard import SummaryWriter
@@ -359,6 +378,7 @@ class TensorBoardLogger(_Resumable):
             self.writer = SummaryWriter(str(self.log_dir), purge_step=self.next_step if self.resumed else None)
 
     def on_epoch_end(self) -> None:
+        """Write this epoch's steps and its validation results."""
         learn = self.learn
         if self.sitting_out:
             return
@@ -373,6 +393,7 @@ class TensorBoardLogger(_Resumable):
         self.writer.flush()
 
     def on_train_end(self) -> None:
+        """Write the remaining steps and close the writer."""
         if not self.sitting_out:
             self._write_steps()
             self._close()
@@ -401,9 +422,11 @@ class TensorBoardLogger(_Resumable):
             self.writer = None
 
     def state_dict(self) -> dict[str, Any]:
+        """Steps written, for checkpoints."""
         return {"base": self.base, "logged": self.logged, "next_step": self.next_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.base, self.logged, self.next_step = int(state["base"]), int(state["logged"]), int(state["next_step"])
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
 
 
-def get_preds(learn: "Learner", dl: DataLoader | None = None, with_loss: bool = False):
+def get_preds(learn: "Learner", dl: DataLoader | None = None, with_loss: bool = False) -> tuple[torch.Tensor, ...]:
     """Model outputs and targets over ``dl`` (default: the validation set), in dataset order.
 
     Returns ``(preds, targets)``, or ``(preds, targets, losses)`` with ``with_loss=True``
@@ -60,7 +60,7 @@ def predict(learn: "Learner", x: Any) -> torch.Tensor:
     return pred.detach().float().cpu()
 
 
-def tta(learn: "Learner", n: int = 4, dl: DataLoader | None = None, aug_dl: DataLoader | None = None):
+def tta(learn: "Learner", n: int = 4, dl: DataLoader | None = None, aug_dl: DataLoader | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Test-time augmentation as fastai 0.7's ``TTA``: class probabilities averaged over plain and augmented passes.
 
     The plain pass over ``dl`` (default: the validation set) counts ``ceil(n / 4)``
