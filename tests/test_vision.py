@@ -178,3 +178,22 @@ def test_bad_arguments(tmp_path):
         image_folder_data(root, valid="val")
     with pytest.raises(ValueError, match="csv_file='missing.csv': no such file"):
         csv_image_data(root, "missing.csv", folder="train")
+
+
+def test_csv_bad_rows(tmp_path):
+    write_image(tmp_path / "a.png", 0, 0)
+    write_image(tmp_path / "b.png", 1, 0)
+    (tmp_path / "missing.csv").write_text("filename,label\na.png,cat\nnope.png,dog\n")
+    with pytest.raises(ValueError, match=r"row 2 names 'nope.png', but there is no file"):
+        csv_image_data(tmp_path, "missing.csv")
+    (tmp_path / "short.csv").write_text("a.png,cat\nb.png\n")
+    with pytest.raises(ValueError, match=r"row 2 is \['b.png'\]; expected 'filename,label'"):
+        csv_image_data(tmp_path, "short.csv")
+    (tmp_path / "empty.csv").write_text("filename,label\n")
+    with pytest.raises(ValueError, match="lists no images"):
+        csv_image_data(tmp_path, "empty.csv")
+    (tmp_path / "ok.csv").write_text("a.png,cat\nb.png,dog\n")  # no header row is fine
+    data = csv_image_data(tmp_path, "ok.csv", size=8, bs=1, valid_pct=0.5, normalize=None)
+    assert data.classes == ["cat", "dog"] and len(data.trn_ds) == len(data.val_ds) == 1
+    with pytest.raises(ValueError, match="valid_pct=None: a labels CSV has no validation folder"):
+        csv_image_data(tmp_path, "ok.csv", valid_pct=None)
