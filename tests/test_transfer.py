@@ -86,6 +86,11 @@ def test_freeze_trains_only_the_head_and_bn_statistics_still_move(tmp_path):
     assert changed & params == {"fc.weight", "fc.bias"}
     # Without bn_freeze the frozen body's BatchNorm layers still update their running statistics.
     assert "layer1.0.bn1.running_mean" in changed and "bn1.running_var" in changed
+    # Weight decay, L2 or decoupled, never reaches frozen parameters either.
+    for use_wd_sched in (False, True):
+        before = _snapshot(learn.model)
+        learn.fit(1e-2, 1, wds=0.1, use_wd_sched=use_wd_sched)
+        assert _changed(before, learn.model) & params == {"fc.weight", "fc.bias"}
 
 
 def test_bn_freeze_keeps_frozen_batchnorm_in_eval_mode_every_epoch(tmp_path):
