@@ -202,7 +202,9 @@ class EarlyStopping(_Monitor):
                            f"by more than {self.min_delta:g} for {self.wait} epoch(s) (patience={self.patience}); "
                            f"stopping after epoch {epoch}")
             if self.learn.is_main_process:
-                print(self.reason)
+                from tqdm.auto import tqdm
+
+                tqdm.write(self.reason)  # above the epoch's progress bar, which is still open
             raise CancelFitException()
 
     def state_dict(self) -> dict[str, Any]:
