@@ -32,7 +32,7 @@ _MAXIMISED = ("acc", "f1", "auc", "precision", "recall", "iou", "dice")
 class _Resumable(Callback):
     """Resets its state at each fit's start, unless the fit resumes from a checkpoint.
 
-    A resuming checkpoint callback (order 60) restores this state and sets the
+    A resuming checkpoint callback (order 55 or 60) restores this state and sets the
     counters in its ``on_train_begin``: a callback ordered after it sees non-zero
     counters and keeps the restored state; one ordered before it resets, and is
     then overwritten by the restore. LR range tests (``lr_find``, ``lr_find2``) are
@@ -261,7 +261,7 @@ class CSVLogger(_Resumable):
     with ``repr`` (exact). Only rank 0 writes.
     """
 
-    order = 55  # before the checkpoint (60) saves at the epoch's end, so its row count includes this row
+    order = 52  # before the checkpoint writer (order 55 or later) saves at the epoch end, so it counts this row
 
     def __init__(self, path: str | Path, append: bool = False) -> None:
         if not isinstance(path, (str, Path)) or str(path) == "":
