@@ -95,7 +95,8 @@ class ModelData:
         from the loader's generator (``seed=None``: reseeded from the global
         torch RNG every epoch, like a DataLoader; ``seed=s``: one fixed
         stream); ``trn_transform`` / ``val_transform`` run on whole batches.
-        Accepts ``val_bs``, ``shuffle`` and ``drop_last``. ``loader="torch"``:
+        Accepts ``val_bs``, ``shuffle``, ``drop_last`` and ``generator`` (the
+        training loader shuffles from it). ``loader="torch"``:
         ``TensorDataset`` + ``DataLoader`` as :meth:`from_datasets` builds them
         (``num_workers`` and other DataLoader options apply there).
         """
@@ -118,6 +119,7 @@ class ModelData:
         val_bs = bs * 2 if val_bs is None else check_int("val_bs", val_bs, minimum=1)
         shuffle = check_bool("shuffle", kwargs.pop("shuffle", True))
         drop_last = check_bool("drop_last", kwargs.pop("drop_last", False))
+        generator = kwargs.pop("generator", None)
         num_workers = check_int("num_workers", kwargs.pop("num_workers", 0), minimum=0)
         if num_workers:
             raise ValueError(f"num_workers={num_workers}: the tensor loader (loader='tensor', the default of "
@@ -126,14 +128,14 @@ class ModelData:
         if kwargs:
             raise TypeError(f"from_tensors got DataLoader option(s) {', '.join(sorted(kwargs))}, which apply to "
                             "loader='torch' only; the tensor loader takes bs, val_bs, shuffle, drop_last, seed, "
-                            "device, trn_transform and val_transform")
+                            "generator, device, trn_transform and val_transform")
         if device is not None:
             device = check_device("device", device)
         if drop_last and len(x_trn) < bs:
             raise ValueError(f"bs={bs} with drop_last=True leaves no training batch of the {len(x_trn)} samples; "
                              f"pass bs <= {len(x_trn)} or drop_last=False")
         trn_dl = TensorLoader(x_trn, y_trn, batch_size=bs, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                              device=device, transform=trn_transform)
+                              device=device, transform=trn_transform, generator=generator)
         val_dl = None if val is None else TensorLoader(*val, batch_size=val_bs, device=device, transform=val_transform)
         return cls(trn_dl, val_dl)
 

@@ -208,7 +208,8 @@ class TensorLoader:
     ``torch.manual_seed(s)`` before a fit reproduces its order, however often
     the loader was used before. With ``seed=s`` the generator is seeded once
     and its stream runs on from epoch to epoch, independent of the global RNG
-    (and of anything else that draws from it, such as dropout). ``drop_last``
+    (and of anything else that draws from it, such as dropout);
+    ``generator=g`` uses the caller's generator the same way. ``drop_last``
     drops a short last batch. ``device``: where the tensors (and so every batch) live; no
     copy happens per step when it is the training device. ``transform`` (e.g.
     :class:`ImageBatchTransform`) runs on each whole batch of the first tensor.
@@ -216,7 +217,7 @@ class TensorLoader:
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int = 64, shuffle: bool = False, drop_last: bool = False,
                  seed: int | None = None, device: str | torch.device | None = None,
-                 transform: ImageBatchTransform | None = None) -> None:
+                 transform: ImageBatchTransform | None = None, generator: torch.Generator | None = None) -> None:
         self.tensors = _check_tensors(tensors)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.shuffle = check_bool("shuffle", shuffle)
@@ -227,7 +228,15 @@ class TensorLoader:
             transform.check_input("tensors[0]", self.tensors[0])
         self.transform = transform
         self.seed = None if seed is None else check_int("seed", seed, minimum=0, maximum=2**63 - 1)
-        self.generator = torch.Generator().manual_seed(0 if seed is None else self.seed)
+        if generator is not None:
+            if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+                raise TypeError(f"generator must be a CPU torch.Generator or None; got {generator!r}")
+            if seed is not None:
+                raise ValueError(f"pass seed or generator, not both; got seed={seed} and a generator")
+            self.generator = generator  # the caller's stream, as DataLoader(generator=...) uses it
+            self.seed = generator.initial_seed()
+        else:
+            self.generator = torch.Generator().manual_seed(0 if seed is None else self.seed)
         n = len(self.tensors[0])
         if self.drop_last and n < self.batch_size:
             raise ValueError(f"batch_size={self.batch_size} with drop_last=True leaves no batch of the {n} samples; "
