@@ -66,9 +66,10 @@ def run(bs: int, loader: str, opt: str, n_trn: int = N_TRN) -> dict:
 
 def ranks_that_disagree(bs: int) -> str:
     """Ranks seeded differently would shuffle differently: the Learner refuses, on every rank."""
+    model = make_model()
     torch.manual_seed(int(os.environ.get("RANK", "0")))
     try:
-        Learner(make_model(), make_data(bs, "tensor"), progress=False, table=False)
+        Learner(model, make_data(bs, "tensor"), progress=False, table=False)
     except ValueError as err:
         return str(err)
     return ""

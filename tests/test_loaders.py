@@ -287,7 +287,7 @@ def test_torchrun_one_two_three_ranks_train_like_one_process(tmp_path):
             assert ranks[0][key]["val_losses"] == pytest.approx(one["val_losses"], rel=1e-5)
         # Ranks seeded differently would draw different orders: refused on every rank, naming the fix.
         for r in ranks:
-            assert re.search(r"trn_dl: rank\(s\) \[.*\] hold a different random state .* torch.manual_seed", r["disagree"])
+            assert re.search(r"trn_dl: rank\(s\) \[.*\] hold a different random state.*torch\.manual_seed", r["disagree"])
 
 
 # ---------------------------------------------------------------------- image batch transforms
