@@ -12,10 +12,13 @@ for two models: a 40-32-10 MLP and ``clrfit.models.mnist1d_cnn``. Each round
 runs all six (model, path) pairs, rotating the order of the three paths, so
 drifting machine load hits them alike; everything is one process. Per model it
 prints the median wall time of each path, the medians of the per-round ratios
-b/a and c/a (targets for c/a: <= 0.6 for the MLP, <= 0.98 for the CNN), and the
-final validation accuracy of each path. (a) and (b) draw the same shuffles
+b/a and c/a (targets for c/a: <= 0.6 for the MLP, <= 0.98 for the CNN), the
+same ratios of process CPU time (steadier when other jobs share the cores), and
+the final validation accuracy of each path (mean and range over rounds, each round
+has its own seed). (a) and (b) draw the same shuffles
 (``torch.manual_seed`` before each), so they end with identical weights; (c)
-shuffles with its own generator, so its accuracy differs only by the order.
+reseeds its own generator from the global RNG, so it draws other shuffles and
+its accuracy differs only by the order.
 
     python benchmarks/data_path.py [--rounds 5] [--epochs 3] [--threads 1]
 """
@@ -97,17 +100,17 @@ def learner_fit(model: nn.Module, tensors, bs: int, epochs: int, loader: str) ->
 
 
 def timed(model_name: str, path: str, init_state: dict, tensors, bs: int, epochs: int,
-          seed: int) -> tuple[float, float, nn.Module]:
-    """Wall seconds of one training run (data loaders built inside), its accuracy and the trained model."""
+          seed: int) -> tuple[float, float, nn.Module, float]:
+    """Wall seconds of one training run (data loaders built inside), its accuracy, the trained model, CPU seconds."""
     model = MODELS[model_name]()
     model.load_state_dict(init_state)
     torch.manual_seed(seed)  # (a) and (b) draw the same shuffles; (c) reseeds its generator from it
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if path == "raw":
         acc = raw_fit(model, tensors, bs, epochs)
     else:
         acc = learner_fit(model, tensors, bs, epochs, "torch" if path == "dataloader" else "tensor")
-    return time.perf_counter() - start, acc, model
+    return time.perf_counter() - start, acc, model, time.process_time() - cpu_start
 
 
 def main() -> None:
@@ -130,7 +133,8 @@ def main() -> None:
             timed(name, path, inits[name], tensors, args.bs, 1, 0)
     times = {(m, p): [] for m in MODELS for p in PATHS}
     ratios = {(m, p): [] for m in MODELS for p in PATHS[1:]}
-    accs: dict[tuple[str, str], float] = {}
+    cpu_ratios = {(m, p): [] for m in MODELS for p in PATHS[1:]}
+    accs: dict[tuple[str, str], list[float]] = {(m, p): [] for m in MODELS for p in PATHS}
     same_ab = {m: True for m in MODELS}
     for r in range(args.rounds):
         for name in MODELS:
@@ -138,9 +142,10 @@ def main() -> None:
             results = {p: timed(name, p, inits[name], tensors, args.bs, args.epochs, seed=r) for p in order}
             for p in PATHS:
                 times[name, p].append(results[p][0])
-                accs[name, p] = results[p][1]
+                accs[name, p].append(results[p][1])
             for p in PATHS[1:]:
                 ratios[name, p].append(results[p][0] / results["raw"][0])
+                cpu_ratios[name, p].append(results[p][3] / results["raw"][3])
             same_ab[name] &= all(torch.equal(a, b) for a, b in zip(results["raw"][2].state_dict().values(),
                                                                    results["dataloader"][2].state_dict().values()))
             print(f"round {r} {name}: " + "  ".join(f"{p} {results[p][0]:.3f}s" for p in PATHS) +
@@ -151,9 +156,13 @@ def main() -> None:
     for name in MODELS:
         med = {p: statistics.median(times[name, p]) for p in PATHS}
         print(f"{name}  raw {med['raw']:.3f}s  dataloader {med['dataloader']:.3f}s  tensor {med['tensor']:.3f}s  "
-              f"b/a {statistics.median(ratios[name, 'dataloader']):.3f}  c/a {statistics.median(ratios[name, 'tensor']):.3f}")
-        print(f"{name} accuracy raw {accs[name, 'raw']:.4f} dataloader {accs[name, 'dataloader']:.4f} "
-              f"tensor {accs[name, 'tensor']:.4f}  (raw and dataloader identical weights every round: {same_ab[name]})")
+              f"b/a {statistics.median(ratios[name, 'dataloader']):.3f}  c/a {statistics.median(ratios[name, 'tensor']):.3f}  "
+              f"(CPU time: b/a {statistics.median(cpu_ratios[name, 'dataloader']):.3f}  "
+              f"c/a {statistics.median(cpu_ratios[name, 'tensor']):.3f})")
+        mean = {p: statistics.mean(accs[name, p]) for p in PATHS}
+        spread = "  ".join(f"{p} {min(accs[name, p]):.3f}-{max(accs[name, p]):.3f}" for p in PATHS)
+        print(f"{name} accuracy raw {mean['raw']:.4f} dataloader {mean['dataloader']:.4f} tensor {mean['tensor']:.4f}"
+              f"  (mean over rounds; range {spread}; raw and dataloader identical weights every round: {same_ab[name]})")
 
 
 if __name__ == "__main__":

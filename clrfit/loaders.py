@@ -182,7 +182,9 @@ class ImageBatchTransform:
         # A flipped window reads its columns right to left: crop and flip are one gather.
         cols = choices[:, 1:2] + torch.where(choices[:, 2:3].bool(), w - 1 - base, base)
         out = padded[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-        return out.permute(0, 3, 1, 2).contiguous()  # advanced indexing puts channels last
+        out = out.permute(0, 3, 1, 2)  # advanced indexing put channels last: this is channels_last memory
+        # On CUDA keep it (what the learner trains conv nets in); elsewhere the plain layout.
+        return out if x.is_cuda else out.contiguous()
 
     def _tensors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (x.device, x.dtype)

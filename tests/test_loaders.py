@@ -89,6 +89,11 @@ def test_sampler_previews_the_next_epoch_without_advancing_the_generator():
     state = dl.generator.get_state()
     assert list(dl.sampler) == preview and torch.equal(dl.generator.get_state(), state)
     assert sum(epoch_ids(dl), []) == preview
+    follows = ids_loader(12, 5, shuffle=True)  # seed=None: the preview reads the global RNG without drawing
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    preview = list(follows.sampler)
+    assert torch.equal(torch.get_rng_state(), state) and sum(epoch_ids(follows), []) == preview
 
 
 def test_state_dict_resumes_mid_epoch_bit_exactly():
