@@ -113,6 +113,25 @@ def timed(model_name: str, path: str, init_state: dict, tensors, bs: int, epochs
     return time.perf_counter() - start, acc, model, time.process_time() - cpu_start
 
 
+def loader_only_ms(tensors, bs: int, repeats: int = 20) -> tuple[float, float]:
+    """Median ms to iterate one shuffled training epoch, no model: DataLoader vs TensorLoader."""
+    from clrfit.loaders import TensorLoader
+
+    x, y = tensors[0], tensors[1]
+    loaders = (DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True),
+               TensorLoader(x, y, batch_size=bs, shuffle=True))
+    out = []
+    for dl in loaders:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _batch in dl:
+                pass
+            times.append(time.perf_counter() - start)
+        out.append(1000 * statistics.median(times))
+    return out[0], out[1]
+
+
 def main() -> None:
     """Interleave the three paths for both models; print times, ratios and accuracies."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -150,9 +169,11 @@ def main() -> None:
                                                                    results["dataloader"][2].state_dict().values()))
             print(f"round {r} {name}: " + "  ".join(f"{p} {results[p][0]:.3f}s" for p in PATHS) +
                   f"  c/a {results['tensor'][0] / results['raw'][0]:.3f}")
+    dl_ms, tensor_ms = loader_only_ms(tensors, args.bs)
     steps = args.epochs * -(-args.n_train // args.bs)
     print(f"\n{args.rounds} rounds x {args.epochs} epochs ({steps} steps, bs {args.bs}, {args.n_train}/{args.n_valid} "
           f"samples), torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"loader only, one training epoch without a model: dataloader {dl_ms:.2f} ms  tensor {tensor_ms:.2f} ms")
     for name in MODELS:
         med = {p: statistics.median(times[name, p]) for p in PATHS}
         print(f"{name}  raw {med['raw']:.3f}s  dataloader {med['dataloader']:.3f}s  tensor {med['tensor']:.3f}s  "
