@@ -169,8 +169,10 @@ class Recorder(Callback):
 
         return plot_series(self.iterations, self.losses, n_skip, n_skip_end, xlabel="iteration", ylabel="loss (smoothed)")
 
-    def plot(self, *args: Any, **kwargs: Any):
-        """Only a range test's recorder plots loss against lr: say what to call instead."""
+    @property
+    def plot(self):
+        """Only a range test's recorder plots loss against lr: reading ``plot`` here says what to call instead."""
+        # A property, so that hasattr(recorder, "plot") stays False for a fit's recorder.
         raise AttributeError(
             "learn.sched.plot() plots a range test's loss against the learning rate, and the last run was a fit: "
             "use learn.sched.plot_lr() (lr and momentum) or learn.sched.plot_loss() (training loss), "
