@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Run learn.lr_find2 and print its suggestions (minimum, steep, valley, "
                                       "CLR bounds); the plot goes to -o.")
     _data_options(find)
-    find.add_argument("--num-it", type=_positive_int, default=100, help="iterations of the sweep (default 100)")
+    # 2: a sweep needs a first and a last lr (lr_find2 refuses fewer; checked here before any data loads)
+    find.add_argument("--num-it", type=_int_at_least(2), default=100, help="iterations of the sweep, >= 2 (default 100)")
     find.add_argument("--start-lr", type=_positive_float, default=1e-5, help="first lr (default 1e-5)")
     find.add_argument("--end-lr", type=_positive_float, default=10.0, help="last lr (default 10)")
     find.add_argument("--linear", action="store_true", help="linear sweep (default exponential)")

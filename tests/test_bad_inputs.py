@@ -205,6 +205,7 @@ CLI = [
      "--use-clr-beta"),
     ("fit: --checkpoint a folder", ["fit", "--lr", "0.1", "--checkpoint", "."], "--checkpoint"),
     ("fit: --use-wd-sched without --wds", ["fit", "--lr", "0.1", "--use-wd-sched"], "--use-wd-sched"),
+    ("lr-find: --num-it 1", ["lr-find", "--num-it", "1"], "--num-it"),
     ("fit: zero --accumulate", ["fit", "--lr", "0.1", "--accumulate", "0"], "--accumulate"),
     ("fit: unknown --precision", ["fit", "--lr", "0.1", "--precision", "fp8"], "--precision"),
     ("lr-find: negative --end-lr", ["lr-find", "--end-lr", "-1"], "--end-lr"),
@@ -216,7 +217,6 @@ CLI_LIBRARY = [
     ("fit: --resume a corrupt file", ["fit", "--lr", "0.1", "--checkpoint", "{tmp}/corrupt.ckpt", "--resume"],
      "corrupt.ckpt"),
     ("fit: --resume with another --lr", ["fit", "--lr", "0.2", "--checkpoint", "{tmp}/other.ckpt", "--resume"], "lrs"),
-    ("lr-find: --num-it 1", ["lr-find", "--num-it", "1"], "--num-it"),
 ]
 
 

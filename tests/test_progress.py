@@ -68,3 +68,33 @@ def test_resuming_a_finished_run_says_so(tmp_path):
     learn.callbacks = [ProgressCallback(bar=False, table=True, file=stream)]
     learn.fit(0.05, 2, checkpoint=ckpt, resume=True)
     assert stream.getvalue().strip() == "nothing to train: all 2 epochs of this run are done (resumed at epoch 2, iteration 12)"
+
+
+@pytest.mark.slow  # starts a Jupyter kernel
+def test_in_jupyter_with_ipywidgets_the_bar_is_a_widget(tmp_path, monkeypatch):
+    """The ``notebook`` extra: with ipywidgets the bar is a widget and nothing falls back to text."""
+    pytest.importorskip("ipywidgets")
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    import os
+    from pathlib import Path
+
+    import ipywidgets
+
+    root = Path(__file__).resolve().parent.parent
+    widgets_dir = str(Path(ipywidgets.__file__).resolve().parent.parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), widgets_dir, os.environ.get("PYTHONPATH", "")]))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import sys; sys.path.insert(0, %r)\n"
+        "from conftest import make_learner\n"
+        "learn = make_learner(progress=True, table=True)\n"
+        "learn.fit(0.05, 2)" % str(root / "tests"))]
+    NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert len(widgets) == 2  # one bar per epoch
+    assert "IProgress" not in text and "ipywidgets" not in text and "\r" not in text
+    assert [line.split()[0] for line in text.splitlines()[1:]] == ["0", "1"]
