@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from typing import Any, Sequence
 
 from matplotlib.figure import Figure
@@ -52,13 +53,10 @@ def forget(fig: Figure) -> None:
 
 def _shell() -> Any:
     """The shell of the running Jupyter kernel, or None (a script, plain Python, terminal IPython)."""
-    import sys
-
-    if "IPython" not in sys.modules:  # never import IPython just to find out
+    ipython = sys.modules.get("IPython")  # a kernel has imported it; never import it just to find out
+    if ipython is None:
         return None
-    from IPython import get_ipython
-
-    shell = get_ipython()
+    shell = ipython.get_ipython()
     # Only a kernel has a front end that renders images; terminal IPython behaves like a script.
     return shell if getattr(shell, "kernel", None) is not None and hasattr(shell, "events") else None
 

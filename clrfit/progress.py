@@ -8,10 +8,13 @@ Ctrl-C leaves no half-drawn bar and no row for its unfinished epoch.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 import time
 from typing import Any, TextIO
+
+from tqdm import tqdm as text_tqdm
 
 from .callback import Callback
 
@@ -32,11 +35,8 @@ def format_row(values: list, width: int = _WIDTH) -> str:
 
 
 def _in_kernel() -> bool:
-    if "IPython" not in sys.modules:
-        return False
-    from IPython import get_ipython
-
-    return getattr(get_ipython(), "kernel", None) is not None
+    ipython = sys.modules.get("IPython")  # a kernel has imported it; never import it just to find out
+    return ipython is not None and getattr(ipython.get_ipython(), "kernel", None) is not None
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -50,21 +50,15 @@ def bar_class(file: TextIO | None = None) -> Any:
     """The tqdm class to draw a bar with on ``file`` (default stderr), or None when no bar should be drawn."""
     global _hinted
     if _in_kernel():
-        try:
-            import ipywidgets  # noqa: F401  (tqdm's widget bar needs it)
-        except ImportError:
+        if importlib.util.find_spec("ipywidgets") is None:  # tqdm's widget bar needs it
             if not _hinted:
                 _hinted = True
                 print("(progress bars in Jupyter need ipywidgets: pip install 'clrfit[notebook]')", file=sys.stderr)
             return None
-        from tqdm.notebook import tqdm
+        from tqdm.notebook import tqdm  # only in a kernel: it imports IPython and ipywidgets
 
         return tqdm
-    if not _is_terminal(file or sys.stderr):
-        return None
-    from tqdm import tqdm
-
-    return tqdm
+    return text_tqdm if _is_terminal(file or sys.stderr) else None
 
 
 class ProgressCallback(Callback):
@@ -79,9 +73,7 @@ class ProgressCallback(Callback):
         self._start = time.perf_counter()
 
     def _write(self, text: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(text, file=self.file or sys.stdout)  # above a bar in progress, not through it
+        text_tqdm.write(text, file=self.file or sys.stdout)  # above a bar in progress, not through it
 
     def on_train_begin(self) -> None:
         learn = self.learn

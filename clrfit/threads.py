@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 SMALL_MODEL_PARAMETERS = 1_000_000
 _BUILT_IN_PARAMETERS = {"cnn1d": 97_578, "resnet20": 269_722, "resnet56": 853_018}
 
@@ -59,8 +61,6 @@ def recommended_threads(n_parameters: int, device_type: str = "cpu", default: in
 
 def cli_threads(arch: str, device: str | None) -> int | None:
     """The ``clrfit`` command's default ``--threads`` for a built-in ``arch`` on ``device`` (None: the default)."""
-    import torch
-
     if device is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     else:

@@ -68,6 +68,11 @@ def test_a_script_opens_no_window_and_registers_nothing_with_pyplot(tmp_path):
         "from clrfit import plots\n"
         "assert plt.get_fignums() == [] and plots._pending == [], (plt.get_fignums(), plots._pending)\n"
         "print(type(fig).__mro__[1].__name__)\n"
+        "import warnings\n"
+        "with warnings.catch_warnings():\n"
+        "    warnings.simplefilter('ignore')  # Agg: 'non-interactive, cannot be shown'\n"
+        "    fig.show()  # asked: now pyplot manages it (a window with an interactive backend)\n"
+        "assert plt.get_fignums() == [1] and plt.gcf() is fig, plt.get_fignums()\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
