@@ -202,6 +202,8 @@ def _default(p: inspect.Parameter) -> str:
 
 
 def _cell(text: str) -> str:
+    """reST docstring text as one Markdown table cell: ``x`` -> `x`, :class:`X` -> `X`, pipes escaped."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text).replace("``", "`")
     return text.replace("|", "\\|")
 
 
