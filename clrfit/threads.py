@@ -14,7 +14,7 @@ results in `benchmarks/RESULTS.md`). The policy here:
 
 The ``clrfit`` command applies it unless ``--threads`` is given; in Python,
 ``torch.set_num_threads(recommended_threads(...))`` applies it, and
-:func:`oversubscription` says when the current setting is likely to be slow.
+:func:`oversubscription` says when the current setting exceeds the free cores.
 """
 from __future__ import annotations
 
@@ -70,12 +70,18 @@ def cli_threads(arch: str, device: str | None) -> int | None:
 
 def oversubscription(threads: int, n_parameters: int, device_type: str = "cpu",
                      cores: int | None = None, load: float | None = None) -> str | None:
-    """A one-line warning when ``threads`` intra-op threads are likely to slow this model down; else None."""
-    best = recommended_threads(n_parameters, device_type, default=threads, cores=cores, load=load)
-    if best is None or threads <= best:
+    """A one-line warning when ``threads`` intra-op threads exceed the free cores (a busy machine); else None.
+
+    A quiet machine gets no warning, whatever the model: there extra threads cost
+    little even where they gain little.
+    """
+    if device_type != "cpu":
         return None
     free = free_cores(cores, load)
-    why = (f"a model of {n_parameters:,} parameters gains little from more than 1"
-           if n_parameters < SMALL_MODEL_PARAMETERS else f"only about {free} of {available_cores() if cores is None else cores} cores are free")
-    return (f"torch uses {threads} intra-op threads on CPU, but {why}: on a busy machine this can make "
-            f"training many times slower; call torch.set_num_threads({best}) (or set OMP_NUM_THREADS={best})")
+    if threads <= free:
+        return None
+    best = recommended_threads(n_parameters, device_type, default=threads, cores=cores, load=load)
+    total = available_cores() if cores is None else cores
+    return (f"torch uses {threads} intra-op threads on CPU but only about {free} of {total} cores are free: "
+            f"training can run many times slower; call torch.set_num_threads({best}) "
+            f"(or set OMP_NUM_THREADS={best})")
