@@ -13,9 +13,10 @@ history of the last fit, is never touched.
 
 Smoothed loss: the debiased EMA ``avg = 0.98*avg + 0.02*loss``,
 ``smooth = avg / (1 - 0.98**k)``. The sweep stops early (divergence; always for
-``lr_find``, unless ``stop_dv=False`` for ``lr_find2``) when the loss is NaN/inf or
-the smoothed loss exceeds 4 x the best smoothed loss so far; that last step is
-recorded.
+``lr_find``, unless ``stop_dv=False`` for ``lr_find2``) when the loss is NaN/inf, or
+the smoothed loss exceeds 4 x the best smoothed loss, the best counting only steps
+after the 10th (as fastai 0.7), so a noisy start cannot end a sweep before step 12;
+that last step is recorded.
 
 Restoration: before the sweep, every parameter, buffer and gradient of the
 model, the optimizer's state and param groups, the RNG states (torch, CUDA,
@@ -40,7 +41,7 @@ from .callback import Callback, CancelFitException
 from .recorder import SMOOTHING, Recorder
 from .schedules import LRSweep
 from .serialization import get_rng_states, set_rng_states
-from .suggest import Suggestions, suggest
+from .suggest import Suggestions, end_points, suggest, warmup_points
 from .validation import as_group_values, check_bool, check_int, check_number
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
 
 DIVERGENCE_FACTOR = 4.0
+BEST_AFTER = 10  # the best smoothed loss counts only steps after this one, so no stop before step 12
 
 
 class RangeTestRecorder(Recorder):
@@ -97,8 +99,10 @@ class RangeTestRecorder(Recorder):
                              or smooth > DIVERGENCE_FACTOR * self.best_loss):
             self.diverged = True
             raise CancelFitException()
-        self.best_loss = min(self.best_loss, smooth)
-        if len(self.raw_losses_) >= self.num_it:
+        step = len(self.raw_losses_)
+        if step > BEST_AFTER:  # as fastai 0.7: the first steps' smoothed loss is too noisy to be the reference
+            self.best_loss = min(self.best_loss, smooth)
+        if step >= self.num_it:
             raise CancelFitException()
 
     def on_train_end(self) -> None:
@@ -140,21 +144,24 @@ class RangeTestRecorder(Recorder):
             raise ValueError("learn.data.val_dl yielded no batches; lr_find2 needs at least one validation batch") from None
 
     # ------------------------------------------------------------------ plots
-    def plot(self, n_skip: int = 10, n_skip_end: int = 5, smoothed: bool = True, suggestions: bool = True) -> "Figure":
+    def plot(self, n_skip: int | None = None, n_skip_end: int | None = None, smoothed: bool = True,
+             suggestions: bool = True) -> "Figure":
         """Loss vs lr (log x unless the sweep was linear), suggestions marked; returns the Figure.
 
         After ``lr_find2``: stacked panels for training loss, validation loss and each
         metric. ``smoothed=True`` draws every curve as the debiased EMA (0.98) of its
         values; ``smoothed=False`` the raw values. The first ``n_skip`` and last
-        ``n_skip_end`` points are left out.
+        ``n_skip_end`` points are left out; by default the warm-up points the
+        suggestions skip too (:func:`clrfit.suggest.warmup_points`: 10 of 100) and
+        :func:`clrfit.suggest.end_points` (5 of 100).
         """
         from .plots import plot_range_test
 
-        n_skip = check_int("n_skip", n_skip, minimum=0)
-        n_skip_end = check_int("n_skip_end", n_skip_end, minimum=0)
+        n = len(self.iterations)
+        n_skip = warmup_points(n) if n_skip is None else check_int("n_skip", n_skip, minimum=0)
+        n_skip_end = end_points(n) if n_skip_end is None else check_int("n_skip_end", n_skip_end, minimum=0)
         check_bool("smoothed", smoothed)
         check_bool("suggestions", suggestions)
-        n = len(self.iterations)
         if n - n_skip - n_skip_end < 2:
             raise ValueError(
                 f"n_skip={n_skip} and n_skip_end={n_skip_end} leave {max(n - n_skip - n_skip_end, 0)} of the {n} "

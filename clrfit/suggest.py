@@ -430,9 +430,14 @@ class _Curve:
 
         x_from, j_from = crossing(VALLEY_FROM)
         x_to, j_to = crossing(VALLEY_TO)
-        if j_to - j_from < 1 or (j_to == j_from + 1 and j_from > i_top):
-            note = (f"the loss falls by {fall:.3g} in a single step of the sweep, between lr {self.lr[j_to - 1]:.3g} "
-                    f"and {self.lr[j_to]:.3g}: run a finer sweep (more num_it) over that range")
+        # Smoothing spreads a step over a window, so whether the fall took one step is read off the curve itself.
+        raw_min = int(np.argmin(y))
+        above_from = np.nonzero(y[: raw_min + 1] > level - VALLEY_FROM * fall)[0]
+        above_to = np.nonzero(y[: raw_min + 1] > level - VALLEY_TO * fall)[0]
+        if above_from.size and above_to.size and above_from[-1] == above_to[-1] < raw_min:
+            j = int(above_to[-1])
+            note = (f"the loss falls by {fall:.3g} in a single step of the sweep, between lr {self.lr[j]:.3g} "
+                    f"and {self.lr[j + 1]:.3g}: run a finer sweep (more num_it) over that range")
             return _no_result(note)
         x_base, _ = crossing(BASE_FRACTION)
         x_top, j_top = crossing(TOP_FRACTION)
@@ -554,7 +559,7 @@ def _cut_blow_up(y: np.ndarray) -> tuple[np.ndarray, bool]:
     i_min = int(np.argmin(m))
     top = float(m[: i_min + 1].max())
     fall = top - float(m[i_min])
-    noise = _robust_std(y - m)
+    noise = _robust_std(np.diff(y)) / math.sqrt(2)  # point-to-point noise; a trend barely adds to it
     if not (fall > CLEAR_NOISE * noise and fall > CLEAR_FALL * abs(top)):
         return y, False  # no clear fall: nothing to call a blow-up relative to (a trained model only rises)
     # Once it has risen back through the middle of its fall the loss is diverging; dropping that point and
