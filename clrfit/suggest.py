@@ -26,14 +26,15 @@ minimum ``s_min``:
 - ``minimum``: the lr at the lowest smoothed loss (vertex of a parabola through
   it and its neighbours), divided by 10.
 - ``steep``: where the loss falls fastest: the slope-weighted centre (in log lr)
-  of the stretch around the steepest point where the slope is at least half the
-  steepest.
+  of the points between the top and the minimum whose slope is at least half the
+  steepest (slopes by central differences over a fixed span of log lr).
 - ``valley``: the middle, in log lr, of the descent, from where ``VALLEY_FROM``
   of the fall is done to where ``VALLEY_TO`` is done.
 - ``clr_bounds``: Smith's rule. ``base_lr`` where ``BASE_FRACTION`` of the fall
   is done, ``max_lr`` where ``TOP_FRACTION`` is done or, if earlier, the best
   point before the loss turns ragged (rises more than ``RAGGED_FRACTION`` of the
-  fall above its lowest value so far). ``div < MIN_DIV`` or ``> MAX_DIV`` comes
+  fall, and 5 x the smoothed level's noise, above its lowest value so far, and does
+  not get back down within ``RAGGED_SPAN`` decade). ``div < MIN_DIV`` or ``> MAX_DIV`` comes
   with a note.
 
 Level crossings are interpolated linearly between points. Each suggestion also
@@ -64,6 +65,7 @@ BASE_FRACTION = 0.1
 TOP_FRACTION = 0.9
 RAGGED_FRACTION = 0.1
 RAGGED_NOISE = 5.0
+RAGGED_SPAN = 0.5
 MIN_BAND = 0.1
 MIN_DIV = 3.0
 MAX_DIV = 1000.0
@@ -459,27 +461,28 @@ class _Curve:
         gd = g[i_top: i_min + 1]
         k = int(np.argmin(gd))
         if gd[k] < 0:
-            steep_mask = gd <= STEEP_FRACTION * gd[k]
-            lo_k, hi_k = k, k
-            while lo_k > 0 and steep_mask[lo_k - 1]:
-                lo_k -= 1
-            while hi_k < len(gd) - 1 and steep_mask[hi_k + 1]:
-                hi_k += 1
-            w = -gd[lo_k: hi_k + 1]
-            x_steep = float(np.sum(w * x[i_top + lo_k: i_top + hi_k + 1]) / np.sum(w))
+            # every steep point counts (not only the run around the steepest), so noise that splits the run
+            # into pieces cannot move the answer to one piece
+            w = np.where(gd <= STEEP_FRACTION * gd[k], -gd, 0.0)
+            x_steep = float(np.sum(w * x[i_top: i_min + 1]) / np.sum(w))
         else:  # the fitted slope never turns negative although the level falls: use the middle of the fall
             x_steep = crossing(0.5)[0]
 
-        # clr_bounds: stop early where the descent turns ragged
-        j_base = i_top + int(np.argmax(s[i_top: i_min + 1] <= level - BASE_FRACTION * fall))
+        # clr_bounds: stop early where the descent turns ragged, i.e. rises and stays up for RAGGED_SPAN decade
+        j_base = crossing(BASE_FRACTION)[1]
         stretch = s[j_base: j_top + 1]
+        low = np.minimum.accumulate(stretch)
         ragged = max(RAGGED_FRACTION * fall, RAGGED_NOISE * self.level_noise)  # noise alone must not trip it
-        rises = np.nonzero(stretch > np.minimum.accumulate(stretch) + ragged)[0]
         notes: dict[str, str] = {}
-        if rises.size:
-            turn = j_base + int(rises[0])
-            x_top = float(x[j_base + int(np.argmin(s[j_base:turn]))])
-            x_top = max(x_top, x_base)
+        turn = None
+        for r in np.nonzero(stretch > low + ragged)[0]:
+            k = j_base + int(r)
+            later = (x > x[k]) & (x <= x[k] + RAGGED_SPAN)
+            if not np.any(later & (s <= low[r])):
+                turn = k
+                break
+        if turn is not None:
+            x_top = float(x[j_base + int(np.argmin(s[j_base:turn]))]) if turn > j_base else x_base
         if i_min == self.n - 1 and not self.cut:
             notes["minimum"] = (f"the loss is still falling at the last lr ({self.lr[-1]:.3g}): the minimum may lie "
                                 "beyond the sweep; sweep to a higher end_lr")
@@ -487,8 +490,9 @@ class _Curve:
         div = 10 ** (x_top - x_base)
         if x_top <= x_base:
             values["clr_bounds"] = (math.nan, math.nan)
-            notes["clr_bounds"] = ("the loss turns ragged where it starts to fall: no range to cycle over; "
-                                   "use a constant lr (valley) or run a longer sweep")
+            notes["clr_bounds"] = (f"the loss rises again at lr {self.lr[turn]:.3g}, right where it starts to fall "
+                                   f"(base_lr {10 ** x_base:.3g}), and stays up for {RAGGED_SPAN} decade: no range to "
+                                   "cycle over; use a constant lr (valley) or run a longer sweep")
         elif div < MIN_DIV:
             notes["clr_bounds"] = (f"div={div:.3g} is below {MIN_DIV:g}: the loss goes from 10% to 90% of its fall "
                                    f"within {x_top - x_base:.2f} decade, too narrow a range to cycle over; prefer a "

@@ -25,7 +25,7 @@ KINDS = ("clean", "plateau", "bump", "diverged", "blowup")
 SWEEPS = {
     # start, end, linear, descent centre and width (decades), blow-up start
     "log": (1e-5, 10.0, False, -2.5, 0.25, -0.6),
-    "linear": (1e-3, 1.0, True, -0.7, 0.15, -0.2),
+    "linear": (1e-3, 1.0, True, -0.7, 0.2, -0.2),
 }
 LENGTHS = (20, 50, 100, 300, 500)
 NOISE_LEVELS = (0.02, 0.05, 0.10)
