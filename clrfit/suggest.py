@@ -156,6 +156,24 @@ class Suggestions:
         value = self.clr_bounds.max_lr if name == "clr_bounds" else getattr(self, name)
         return math.isfinite(value) and name not in self.notes
 
+    def one_cycle(self, div: float = 25.0) -> tuple[float, float, str] | None:
+        """``(max_lr, div, what was used)`` for ``use_clr_beta`` from trusted suggestions only; None if there is none.
+
+        The CLR bounds when trusted; their ``max_lr`` with ``div`` when only their div is out of range
+        (not unstable); else ``valley`` as a cautious peak with ``div``.
+        """
+        if not (isinstance(div, (int, float)) and not isinstance(div, bool) and div > 1 and math.isfinite(div)):
+            raise ValueError(f"div must be a finite number > 1; got {div!r}")
+        b = self.clr_bounds
+        if self.trusted("clr_bounds"):
+            return b.max_lr, b.div, "clr_bounds"
+        conf = self.confidence.get("clr_bounds", NO_CONFIDENCE)
+        if math.isfinite(b.div) and not conf.unstable and not MIN_DIV <= b.div <= MAX_DIV:
+            return b.max_lr, float(div), f"clr_bounds.max_lr with div={div:g} (the suggested div={b.div:.3g} is out of range)"
+        if self.trusted("valley"):
+            return self.valley, float(div), f"valley as the peak with div={div:g} (the CLR bounds are not trusted)"
+        return None
+
     def _rows(self, title: str) -> list[str]:
         b = self.clr_bounds
         rows = [

@@ -408,3 +408,16 @@ def test_nan_or_inf_stops_the_sweep_at_once():
     for bad in (math.nan, math.inf):
         rec = sweep_of([1.0, 1.0, bad] + [1.0] * 37)
         assert rec.diverged and len(rec.raw_losses) == 3
+
+
+def test_one_cycle_uses_only_trusted_suggestions():
+    s = suggest(*curve("clean", 100, noise=0.02))
+    assert s.one_cycle() == (s.clr_bounds.max_lr, s.clr_bounds.div, "clr_bounds")
+    x = np.linspace(-7, 1, 161)
+    wide = suggest(10**x, 2.3 - 1.8 / (1 + np.exp(-(x + 3) / 1.2)) + np.where(x > -0.5, np.expm1((x + 0.5) * 3), 0))
+    assert wide.clr_bounds.div > MAX_DIV
+    max_lr, div, how = wide.one_cycle(div=20)
+    assert (max_lr, div) == (wide.clr_bounds.max_lr, 20.0) and "out of range" in how
+    assert suggest(*curve("trained", 100)).one_cycle() is None
+    with pytest.raises(ValueError, match="div must be a finite number > 1; got 1"):
+        s.one_cycle(div=1)
