@@ -183,7 +183,7 @@ class Suggestions:
             ("clr_bounds", f"base_lr={b.base_lr:.3g} max_lr={b.max_lr:.3g} div={b.div:.3g}", "Smith's CLR bounds"),
         ]
         if len(self.notes) == len(rows) and len(set(self.notes.values())) == 1:
-            return [f"{title}: none: {self.notes['minimum']}"]
+            return [f"{title} ({', '.join(RULE_NAMES)}): none: {self.notes['minimum']}"]
         conf = next(iter(self.confidence.values()), NO_CONFIDENCE)
         head = f"{title} ({self.n_used} of {self.n_total} points"
         head += f", first {self.n_skip} skipped as warm-up" if self.n_skip else ""
@@ -529,17 +529,17 @@ class _Curve:
             how = (f"it falls by at most {fall:.3g} (from {level:.4g}), which is under {CLEAR_NOISE:g} x its noise "
                    f"({self.noise:.2g}) or under {100 * CLEAR_FALL:g}% of its level")
         else:
-            how = "it never falls"
+            how = ""
         threshold = max(CLEAR_NOISE * self.noise, CLEAR_FALL * max(abs(float(s[0])), 1e-300))
         rising = np.nonzero(s - low > threshold)[0]
         if rising.size and rise_total > threshold:
             start = int(rising[0])
             # the last point still at the low level before the rise
             at = max(int(np.nonzero(s[: start + 1] - low[: start + 1] <= threshold / 2)[0][-1]), 0)
-            return (f"the loss never falls over the sweep ({how}) and rises from lr {self.lr[start]:.2g} on: "
+            return (f"the loss never falls over the sweep{f' ({how})' if how else ''} and rises from lr {self.lr[start]:.2g} on: "
                     f"the model looks trained already; sweep lower (start_lr={self.lr[0] / 100:.0e}) or pick an lr "
                     f"below where the loss starts to rise: {self.lr[at]:.2g}")
-        return (f"the loss is flat over the sweep ({float(s.min()):.6g} .. {float(s.max()):.6g}: {how}): "
+        return (f"the loss is flat over the sweep ({float(s.min()):.6g} .. {float(s.max()):.6g}{': ' + how if how else ''}): "
                 "widen the lr range or check that the model trains")
 
     # ------------------------------------------------------------------ bootstrap
