@@ -30,6 +30,7 @@ recorder is attached to the exception as ``err.range_test``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import signal
 import threading
@@ -142,6 +143,13 @@ class RangeTestRecorder(Recorder):
                 for batch in self._val_batches:
                     return batch
             raise ValueError("learn.data.val_dl yielded no batches; lr_find2 needs at least one validation batch") from None
+
+    def suggest(self) -> Suggestions:
+        """The suggestions on the smoothed training loss; after ``lr_find2`` those on the smoothed validation loss as ``.val``."""
+        s = suggest(self.lrs, self.losses)
+        if self.validates_each_step and len(self.val_losses) == len(self.lrs):
+            s = dataclasses.replace(s, val=suggest(self.lrs, smooth_curve(self.val_losses)))
+        return s
 
     # ------------------------------------------------------------------ plots
     def plot(self, n_skip: int | None = None, n_skip_end: int | None = None, smoothed: bool = True,
@@ -289,7 +297,7 @@ def _range_test(
     with _sigint_deferred():
         snapshot.restore()
         learn.sched = recorder
-    recorder.suggestions = suggest(recorder.lrs, recorder.losses)
+    recorder.suggestions = recorder.suggest()
     if learn.table and learn.is_main_process:  # the same switch as the epoch table
         print(recorder.suggestions)
     return recorder.suggestions

@@ -73,6 +73,8 @@ MAX_SPREAD = 0.5
 N_BOOT = 40
 MAX_FAILED_BOOT = 0.25
 RULE_NAMES = ("minimum", "steep", "valley", "clr_bounds")
+_MEANINGS = ("lr at the lowest loss / 10", "steepest fall of the loss", "middle of the descent",
+             "Smith's CLR bounds")
 
 
 class SuggestionError(ValueError):
@@ -174,37 +176,57 @@ class Suggestions:
             return self.valley, float(div), f"valley as the peak with div={div:g} (the CLR bounds are not trusted)"
         return None
 
-    def _rows(self, title: str) -> list[str]:
-        b = self.clr_bounds
-        rows = [
-            ("minimum", f"{self.minimum:.3g}", "lr at the lowest loss / 10"),
-            ("steep", f"{self.steep:.3g}", "steepest fall of the loss"),
-            ("valley", f"{self.valley:.3g}", "middle of the descent"),
-            ("clr_bounds", f"base_lr={b.base_lr:.3g} max_lr={b.max_lr:.3g} div={b.div:.3g}", "Smith's CLR bounds"),
-        ]
-        if len(self.notes) == len(rows) and len(set(self.notes.values())) == 1:
-            return [f"{title} ({', '.join(RULE_NAMES)}): none: {self.notes['minimum']}"]
+    def _all_none(self) -> bool:
+        return len(self.notes) == len(RULE_NAMES) and len(set(self.notes.values())) == 1
+
+    def _summary(self) -> str:
         conf = next(iter(self.confidence.values()), NO_CONFIDENCE)
-        head = f"{title} ({self.n_used} of {self.n_total} points"
-        head += f", first {self.n_skip} skipped as warm-up" if self.n_skip else ""
+        text = f"{self.n_used} of {self.n_total} points"
+        text += f", first {self.n_skip} skipped as warm-up" if self.n_skip else ""
         if math.isfinite(conf.span):
-            head += f"; descent over {conf.span:.2f} decades, noise {100 * conf.noise:.2g}% of the fall"
-        lines = [head + "):"]
-        width = max(len(value) for _, value, _ in rows)
-        lines.append(f"  {'rule':<11} {'value':<{width}}  {'spread':<11} meaning")
-        for name, value, meaning in rows:
+            text += f"; descent over {conf.span:.2f} decades, noise {100 * conf.noise:.2g}% of the fall"
+        return text
+
+    def _cells(self) -> list[tuple[str, str]]:
+        """Per rule, the value and its spread as text (a value with a note is marked ``!``)."""
+        b = self.clr_bounds
+        values = [f"{self.minimum:.3g}", f"{self.steep:.3g}", f"{self.valley:.3g}",
+                  f"base_lr={b.base_lr:.3g} max_lr={b.max_lr:.3g} div={b.div:.3g}"]
+        cells = []
+        for name, value in zip(RULE_NAMES, values):
             spread = self.confidence.get(name, NO_CONFIDENCE).spread
             spread_text = "n/a" if math.isnan(spread) else ("inf" if math.isinf(spread) else f"±{spread:.2f} dec")
-            flag = " [see note]" if name in self.notes else ""
-            lines.append(f"  {name:<11} {value:<{width}}  {spread_text:<11} {meaning}{flag}")
-        for name, note in self.notes.items():
-            lines.append(f"  note {name}: {note}")
-        return lines
+            cells.append((value + (" !" if name in self.notes else ""), spread_text))
+        return cells
 
     def __str__(self) -> str:
-        lines = self._rows("LR suggestions")
-        if self.val is not None:
-            lines += self.val._rows("on the validation loss")
+        if self._all_none() and self.val is None:
+            return f"LR suggestions ({', '.join(RULE_NAMES)}): none: {self.notes['minimum']}"
+        sources = [("training loss", self)] + ([("validation loss", self.val)] if self.val is not None else [])
+        lines = []
+        for i, (label, s) in enumerate(sources):
+            lines.append(("LR suggestions on the " if i == 0 else "           and on the ") + f"{label} ({s._summary()}):")
+        columns = [s._cells() for _, s in sources]
+        widths = [max(len(value) for value, _ in cells) for cells in columns]
+        header = f"  {'rule':<11} "
+        for (label, _), w in zip(sources, widths):
+            header += f"{(label if len(sources) > 1 else 'value'):<{w}}  {'spread':<10} "
+        lines.append(header + "meaning")
+        for k, (name, meaning) in enumerate(zip(RULE_NAMES, _MEANINGS)):
+            line = f"  {name:<11} "
+            for cells, w in zip(columns, widths):
+                value, spread = cells[k]
+                line += f"{value:<{w}}  {spread:<10} "
+            lines.append(line + meaning)
+        for (label, s) in sources:
+            prefix = "" if s is self else "validation "
+            if s._all_none():
+                lines.append(f"  {prefix}note (every rule): {s.notes['minimum']}")
+                continue
+            for name, note in s.notes.items():
+                lines.append(f"  {prefix}note {name}: {note}")
+        if any(s.notes for _, s in sources):
+            lines.append("  (! = read the note before using the value)")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@ no trustworthy answer (each note's claim checked against its curve), confidence,
 and the range test's divergence stop (SCHEDULES.md) that decides where a curve ends."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -301,11 +302,26 @@ def test_printed_forms_are_aligned_and_readable():
         assert name in text
     rows = text.splitlines()[1:6]
     assert len({row.index("±") if "±" in row else row.index("spread") for row in rows}) == 1  # one column
+    meanings = ["meaning", "lr at the lowest", "steepest fall", "middle of the descent", "Smith's CLR"]
+    assert len({row.index(m) for row, m in zip(rows, meanings)}) == 1  # the meaning column lines up too
     assert f"{s.steep:.3g}" in text and f"{s.clr_bounds.div:.3g}" in repr(s)
     assert f"first {warmup_points(X.size)} skipped as warm-up" in text
     assert repr(CLRBounds(1e-3, 1e-1)) == "CLRBounds(base_lr=0.001, max_lr=0.1, div=100)"
     flagged = suggest(LRS, 3 - (X + 5) / 2)
-    assert "minimum" in flagged.notes and "[see note]" in str(flagged) and "note minimum:" in str(flagged)
+    assert "minimum" in flagged.notes and f"{flagged.minimum:.3g} !" in str(flagged) and "note minimum:" in str(flagged)
+
+
+def test_validation_suggestions_print_beside_the_training_ones():
+    train = suggest(*curve("clean", 100, noise=0.02))
+    val = suggest(*curve("plateau", 100, noise=0.05))
+    both = dataclasses.replace(train, val=val)
+    text = str(both)
+    assert "training loss" in text and "validation loss" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("valley"))
+    assert row.index(f"{train.valley:.3g}") < row.index(f"{val.valley:.3g}")  # same row, side by side
+    none = suggest(*curve("trained", 100))
+    text = str(dataclasses.replace(train, val=none))
+    assert "validation note (every rule): the loss never falls" in text
 
 
 def test_bad_input_is_an_error_naming_it():
@@ -421,3 +437,21 @@ def test_one_cycle_uses_only_trusted_suggestions():
     assert suggest(*curve("trained", 100)).one_cycle() is None
     with pytest.raises(ValueError, match="div must be a finite number > 1; got 1"):
         s.one_cycle(div=1)
+
+
+def test_lr_find2_offers_the_rules_on_the_validation_loss_too():
+    from clrfit.lr_finder import smooth_curve
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 6)
+    y = (x[:, 0] > 0).long()
+    learn = Learner(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2)),
+                    ModelData.from_tensors(x[:192], y[:192], x[192:], y[192:], bs=16), progress=False, table=False)
+    s = learn.lr_find2(num_it=60)
+    rec = learn.sched
+    assert s.val is not None and s.val.as_dict() == pytest.approx(
+        suggest(rec.lrs, smooth_curve(rec.val_losses)).as_dict(), nan_ok=True)
+    assert s.as_dict() == pytest.approx(suggest(rec.lrs, rec.losses).as_dict(), nan_ok=True)
+    assert "validation loss" in str(s)
+    learn.lr_find()
+    assert learn.sched.suggestions.val is None  # lr_find has no per-step validation
