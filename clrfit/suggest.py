@@ -144,6 +144,7 @@ class Suggestions:
     n_total: int = 0
     n_skip: int = 0
     val: "Suggestions | None" = None
+    n_sweeps: int = 1
 
     def as_dict(self) -> dict[str, float]:
         """The suggestions as plain floats (``base_lr``, ``max_lr`` and ``div`` for the CLR bounds)."""
@@ -182,6 +183,7 @@ class Suggestions:
     def _summary(self) -> str:
         conf = next(iter(self.confidence.values()), NO_CONFIDENCE)
         text = f"{self.n_used} of {self.n_total} points"
+        text += f" (first sweep of {self.n_sweeps}; values are medians, spreads over the sweeps)" if self.n_sweeps > 1 else ""
         text += f", first {self.n_skip} skipped as warm-up" if self.n_skip else ""
         if math.isfinite(conf.span):
             text += f"; descent over {conf.span:.2f} decades, noise {100 * conf.noise:.2g}% of the fall"
@@ -272,6 +274,62 @@ def suggest(
         CLRBounds(10 ** b[0], 10 ** b[1]), notes, confidence,
         n_used=curve.n, n_total=curve.n_total, n_skip=curve.n_skip,
     )
+
+
+def combine_sweeps(sweeps: Sequence[Suggestions]) -> Suggestions:
+    """One suggestion per rule from several sweeps: the median in log10(lr), its spread the sweeps' spread.
+
+    ``spread`` is the standard deviation of log10 of the rule over the sweeps; above ``MAX_SPREAD`` the rule
+    gets an "unstable" note. A rule with a note in more than half of the sweeps keeps the first such note; a
+    rule with a value in half of the sweeps or fewer is ``nan``. ``val`` is combined the same way.
+    """
+    sweeps = list(sweeps)
+    if not sweeps or not all(isinstance(s, Suggestions) for s in sweeps):
+        raise TypeError(f"sweeps must be a non-empty sequence of Suggestions; got {sweeps!r}")
+    if len(sweeps) == 1:
+        return sweeps[0]
+    k = len(sweeps)
+
+    def column(name: str) -> np.ndarray:
+        if name in ("base_lr", "max_lr"):
+            return np.log10([getattr(s.clr_bounds, name) for s in sweeps])
+        return np.log10([getattr(s, name) for s in sweeps])
+
+    logs, spreads = {}, {}
+    for name in ("minimum", "steep", "valley", "base_lr", "max_lr"):
+        v = column(name)
+        good = v[np.isfinite(v)]
+        logs[name] = float(np.median(good)) if good.size > k / 2 else math.nan
+        spreads[name] = float(np.std(good, ddof=1)) if good.size > max(1, k / 2) else math.inf
+    if not logs["base_lr"] < logs["max_lr"]:
+        logs["base_lr"] = logs["max_lr"] = math.nan
+    spreads["clr_bounds"] = max(spreads.pop("base_lr"), spreads.pop("max_lr"))
+    notes: dict[str, str] = {}
+    confidence: dict[str, Confidence] = {}
+    for name in RULE_NAMES:
+        noted = [s.notes[name] for s in sweeps if name in s.notes]
+        if len(noted) > k / 2:
+            notes[name] = f"in {len(noted)} of {k} sweeps: {noted[0]}"
+        spans = [s.confidence[name].span for s in sweeps if name in s.confidence]
+        noise = [s.confidence[name].noise for s in sweeps if name in s.confidence]
+        confidence[name] = Confidence(float(np.median(spans)) if spans else math.nan,
+                                      float(np.median(noise)) if noise else math.nan, spreads[name])
+        value = logs["max_lr"] if name == "clr_bounds" else logs[name]
+        if math.isfinite(value) and confidence[name].unstable:
+            unstable = (f"unstable: over {k} sweeps with different data orders it varies by ±{spreads[name]:.2f} "
+                        f"decade (more than {MAX_SPREAD} allowed)" if math.isfinite(spreads[name])
+                        else f"unstable: only some of the {k} sweeps give a value")
+            notes[name] = notes[name] + "; " + unstable if name in notes else unstable
+        elif not math.isfinite(value) and name not in notes:
+            count = int(np.isfinite(column("max_lr" if name == "clr_bounds" else name)).sum())
+            notes[name] = f"a value in only {count} of {k} sweeps: repeat with a longer sweep (more num_it)"
+    vals = [s.val for s in sweeps]
+    val = combine_sweeps(vals) if all(v is not None for v in vals) else None
+    first = sweeps[0]
+    return Suggestions(10 ** logs["minimum"], 10 ** logs["steep"], 10 ** logs["valley"],
+                       CLRBounds(10 ** logs["base_lr"], 10 ** logs["max_lr"]), notes, confidence,
+                       n_used=first.n_used, n_total=first.n_total, n_skip=first.n_skip, val=val,
+                       n_sweeps=k)
 
 
 def suggest_minimum(lrs: Sequence[float], losses: Sequence[float], n_skip: int | None = None) -> float:

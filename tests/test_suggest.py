@@ -26,6 +26,7 @@ from clrfit.suggest import (
     VALLEY_FROM,
     VALLEY_TO,
     CLRBounds,
+    combine_sweeps,
     SuggestionError,
     Suggestions,
     end_points,
@@ -455,3 +456,24 @@ def test_lr_find2_offers_the_rules_on_the_validation_loss_too():
     assert "validation loss" in str(s)
     learn.lr_find()
     assert learn.sched.suggestions.val is None  # lr_find has no per-step validation
+
+
+def test_combined_sweeps_report_the_median_and_the_spread_over_sweeps():
+    sweeps = [suggest(*curve("clean", 100, noise=0.05, seed=seed), n_boot=0) for seed in range(5)]
+    both = combine_sweeps(sweeps)
+    for name in ("minimum", "steep", "valley"):
+        logs = np.log10([getattr(s, name) for s in sweeps])
+        assert math.log10(getattr(both, name)) == pytest.approx(np.median(logs))
+        assert both.confidence[name].spread == pytest.approx(np.std(logs, ddof=1))
+    maxes = np.log10([s.clr_bounds.max_lr for s in sweeps])
+    assert math.log10(both.clr_bounds.max_lr) == pytest.approx(np.median(maxes))
+    assert both.n_sweeps == 5 and "first sweep of 5" in str(both) and both.notes == {}
+    assert combine_sweeps(sweeps[:1]) is sweeps[0]
+    # sweeps that disagree by a decade are unstable; a rule most sweeps give no value for is nan, with a note
+    far = [suggest(*curve("clean", 100)), suggest(10 * curve("clean", 100)[0], curve("clean", 100)[1])]
+    mixed = combine_sweeps(far + [suggest(*curve("trained", 100))])
+    assert "unstable" in mixed.notes["valley"] and mixed.confidence["valley"].spread > MAX_SPREAD
+    none = combine_sweeps([suggest(*curve("trained", 100))] * 2 + far[:1])
+    assert math.isnan(none.valley) and "in 2 of 3 sweeps: the loss never falls" in none.notes["valley"]
+    with pytest.raises(TypeError, match="sweeps must be a non-empty sequence of Suggestions"):
+        combine_sweeps([])
