@@ -143,6 +143,7 @@ class Suggestions:
     n_used: int = 0
     n_total: int = 0
     n_skip: int = 0
+    n_dropped: int = 0
     val: "Suggestions | None" = None
     n_sweeps: int = 1
 
@@ -185,6 +186,9 @@ class Suggestions:
         text = f"{self.n_used} of {self.n_total} points"
         text += f" (first sweep of {self.n_sweeps}; values are medians, spreads over the sweeps)" if self.n_sweeps > 1 else ""
         text += f", first {self.n_skip} skipped as warm-up" if self.n_skip else ""
+        text += f", {self.n_dropped} with a NaN/inf loss dropped" if self.n_dropped else ""
+        cut = self.n_total - self.n_skip - self.n_dropped - self.n_used
+        text += f", {cut} after the blow-up cut" if cut > 0 else ""
         if math.isfinite(conf.span):
             text += f"; descent over {conf.span:.2f} decades, noise {100 * conf.noise:.2g}% of the fall"
         return text
@@ -272,7 +276,7 @@ def suggest(
     return Suggestions(
         10 ** result.values["minimum"] / 10, 10 ** result.values["steep"], 10 ** result.values["valley"],
         CLRBounds(10 ** b[0], 10 ** b[1]), notes, confidence,
-        n_used=curve.n, n_total=curve.n_total, n_skip=curve.n_skip,
+        n_used=curve.n, n_total=curve.n_total, n_skip=curve.n_skip, n_dropped=curve.n_dropped,
     )
 
 

@@ -149,6 +149,10 @@ def test_nan_and_inf_points_are_dropped():
     with_gaps = suggest(LRS, y, n_skip=0, n_boot=0)
     assert with_gaps.as_dict() == pytest.approx(suggest(LRS[keep], y[keep], n_skip=0, n_boot=0).as_dict())
     assert with_gaps.notes == {}
+    assert "11 with a NaN/inf loss dropped" in str(with_gaps)
+    blown = suggest(*curve("blowup", 100), n_boot=0)
+    n_nan = int(np.isnan(curve("blowup", 100)[1]).sum())
+    assert f"{n_nan} with a NaN/inf loss dropped" in str(blown) and "after the blow-up cut" in str(blown)
 
 
 # --------------------------------------------------------------------------- no confident nonsense
