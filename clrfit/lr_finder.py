@@ -13,9 +13,10 @@ history of the last fit, is never touched.
 
 Smoothed loss: the debiased EMA ``avg = 0.98*avg + 0.02*loss``,
 ``smooth = avg / (1 - 0.98**k)``. The sweep stops early (divergence; always for
-``lr_find``, unless ``stop_dv=False`` for ``lr_find2``) when the loss is NaN/inf or
-the smoothed loss exceeds 4 x the best smoothed loss so far; that last step is
-recorded.
+``lr_find``, unless ``stop_dv=False`` for ``lr_find2``) when the loss is NaN/inf, or
+the smoothed loss exceeds 4 x the best smoothed loss, the best counting only steps
+after the 10th (as fastai 0.7), so a noisy start cannot end a sweep before step 12;
+that last step is recorded.
 
 Restoration: before the sweep, every parameter, buffer and gradient of the
 model, the optimizer's state and param groups, the RNG states (torch, CUDA,
@@ -28,6 +29,7 @@ recorder is attached to the exception as ``err.range_test``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -38,7 +40,7 @@ from .recorder import SMOOTHING, Recorder
 from .rollback import LearnerSnapshot
 from .schedules import LRSweep
 from .state import sigint
-from .suggest import Suggestions, suggest
+from .suggest import Suggestions, end_points, suggest, warmup_points
 from .validation import as_group_values, check_bool, check_int, check_number
 
 __all__ = ["LearnerSnapshot", "RangeTestRecorder", "lr_find", "lr_find2", "smooth_curve"]
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
 
 DIVERGENCE_FACTOR = 4.0
+BEST_AFTER = 10  # the best smoothed loss counts only steps after this one, so no stop before step 12
 
 
 class RangeTestRecorder(Recorder):
@@ -97,8 +100,10 @@ class RangeTestRecorder(Recorder):
                              or smooth > DIVERGENCE_FACTOR * self.best_loss):
             self.diverged = True
             raise CancelFitException()
-        self.best_loss = min(self.best_loss, smooth)
-        if len(self.raw_losses_) >= self.num_it:
+        step = len(self.raw_losses_)
+        if step > BEST_AFTER:  # as fastai 0.7: the first steps' smoothed loss is too noisy to be the reference
+            self.best_loss = min(self.best_loss, smooth)
+        if step >= self.num_it:
             raise CancelFitException()
 
     def on_train_end(self) -> None:
@@ -132,22 +137,32 @@ class RangeTestRecorder(Recorder):
                     return batch
             raise ValueError("learn.data.val_dl yielded no batches; lr_find2 needs at least one validation batch") from None
 
+    def suggest(self) -> Suggestions:
+        """The suggestions on the smoothed training loss; after ``lr_find2`` those on the smoothed validation loss as ``.val``."""
+        s = suggest(self.lrs, self.losses)
+        if self.validates_each_step and len(self.val_losses) == len(self.lrs):
+            s = dataclasses.replace(s, val=suggest(self.lrs, smooth_curve(self.val_losses)))
+        return s
+
     # ------------------------------------------------------------------ plots
-    def plot(self, n_skip: int = 10, n_skip_end: int = 5, smoothed: bool = True, suggestions: bool = True) -> "Figure":
+    def plot(self, n_skip: int | None = None, n_skip_end: int | None = None, smoothed: bool = True,
+             suggestions: bool = True) -> "Figure":
         """Loss vs lr (log x unless the sweep was linear), suggestions marked; returns the Figure.
 
         After ``lr_find2``: stacked panels for training loss, validation loss and each
         metric. ``smoothed=True`` draws every curve as the debiased EMA (0.98) of its
         values; ``smoothed=False`` the raw values. The first ``n_skip`` and last
-        ``n_skip_end`` points are left out.
+        ``n_skip_end`` points are left out; by default the warm-up points the
+        suggestions skip too (:func:`clrfit.suggest.warmup_points`: 10 of 100) and
+        :func:`clrfit.suggest.end_points` (5 of 100).
         """
         from .plots import plot_range_test
 
-        n_skip = check_int("n_skip", n_skip, minimum=0)
-        n_skip_end = check_int("n_skip_end", n_skip_end, minimum=0)
+        n = len(self.iterations)
+        n_skip = warmup_points(n) if n_skip is None else check_int("n_skip", n_skip, minimum=0)
+        n_skip_end = end_points(n) if n_skip_end is None else check_int("n_skip_end", n_skip_end, minimum=0)
         check_bool("smoothed", smoothed)
         check_bool("suggestions", suggestions)
-        n = len(self.iterations)
         if n - n_skip - n_skip_end < 2:
             raise ValueError(
                 f"n_skip={n_skip} and n_skip_end={n_skip_end} leave {max(n - n_skip - n_skip_end, 0)} of the {n} "
@@ -275,7 +290,7 @@ def _range_test(
     with sigint(deliver=True):
         snapshot.restore()
         learn.sched = recorder
-    recorder.suggestions = suggest(recorder.lrs, recorder.losses)
+    recorder.suggestions = recorder.suggest()
     if learn.table and learn.is_main_process:  # the same switch as the epoch table
         print(recorder.suggestions)
     return recorder.suggestions
