@@ -37,7 +37,7 @@ from .recorder import Recorder
 from .rollback import LearnerSnapshot
 from .runtime import Runtime, compile_backend
 from .scheduler import ParamScheduler
-from .serialization import load_state, save_state, set_rng_states
+from .serialization import load_state, optimizer_mismatch, save_state, set_rng_states
 from .state import TrainingState, loader_generators, sigint
 from .suggest import Suggestions
 from .validation import as_group_values, check_bool, check_choice, check_int
@@ -119,6 +119,7 @@ class Learner:
         self.train_model, self.eval_model = runtime.models(None)  # eval needs no DDP: it never runs backward
         self.recorder = Recorder()
         self.sched: Recorder = self.recorder
+        self._running = False
         self._reset_counters()
 
     # ------------------------------------------------------------------ properties
@@ -391,6 +392,9 @@ class Learner:
         calling fit's arguments, compared on resume), ``recorder`` (a recorder to
         fill) and ``validate`` (False: no end-of-epoch validation) serve the range tests.
         """
+        if self._running:  # a nested fit would reset the counters of the one running and cut it short
+            raise RuntimeError("a fit (or lr_find) was started from a callback of a running fit; that is not "
+                               "supported: run it after the outer fit returns")
         n_epochs = check_int("n_epochs", n_epochs, minimum=1)
         accumulate, backend, group_wds = _check_options(self.n_groups, wds, use_wd_sched, norm_wds, wds_sched_mult,
                                                         accumulate, compile, resume, on_nan)
@@ -421,19 +425,20 @@ class Learner:
             cb.learn = self
         self._handlers = {e: [getattr(cb, e) for cb in self._cbs if _overrides(cb, e)] for e in EVENTS}
         self._interrupt_requested = False
+        self._running = True
         try:
             with sigint(self._request_stop):
                 try:
-                    self._scope("train", self._all_epochs, CancelFitException)
+                    self._scope("train", self._all_epochs, _CANCELS)
                 finally:
-                    self._fire("on_train_end")
+                    self._end("on_train_end", _CANCELS)
                     if self.interrupted:
                         raise KeyboardInterrupt(
                             f"training interrupted by Ctrl-C at epoch {self.epoch}, iteration {self.iteration}; "
                             "the model and learn.sched hold the state reached"
                         )
         finally:
-            self._interrupt_requested = False
+            self._interrupt_requested = self._running = False
 
     def _request_stop(self) -> None:
         self._interrupt_requested = True  # the loop stops after the current step
@@ -442,25 +447,46 @@ class Learner:
         for handler in self._handlers[event]:
             handler()
 
-    def _scope(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
-        """Fire ``on_<name>_begin``, run ``body``; fire ``on_<name>_end`` on success or any cancel."""
+    def _end(self, event: str, cancels: tuple[type[Exception], ...]) -> None:
+        """Fire an end event to every callback, even after one cancels; a cancel of this scope (or smaller) ends here.
+
+        No callback may miss the end of a scope it saw begin (the recorder would
+        lose a step, the checkpoint an epoch); a cancel raised by an end event has
+        nothing left to skip in its own scope, so only a larger one propagates.
+        """
+        cancel = None
+        for handler in self._handlers[event]:
+            try:
+                handler()
+            except _CANCELS as err:
+                if cancel is None or _CANCELS.index(type(err)) > _CANCELS.index(type(cancel)):
+                    cancel = err
+        if cancel is not None and not isinstance(cancel, cancels):
+            raise cancel
+
+    def _scope(self, name: str, body: Callable[[], None], cancels: tuple[type[Exception], ...]) -> None:
+        """Fire ``on_<name>_begin``, run ``body``; fire ``on_<name>_end`` on success or any cancel.
+
+        ``cancels`` are this scope's cancel and the smaller ones: a CancelBatchException
+        raised outside a batch (say in ``on_epoch_begin``) cancels the scope it was raised in.
+        """
         begin, end = ("on_train_begin", None) if name == "train" else (f"on_{name}_begin", f"on_{name}_end")
         try:
             self._fire(begin)
             body()
-        except cancel:
+        except cancels:
             pass
         except _CANCELS:
             if end:
-                self._fire(end)
+                self._end(end, cancels)
             raise
         if end:
-            self._fire(end)
+            self._end(end, cancels)
 
     def _all_epochs(self) -> None:
         state = self.state
         while state.epoch < self.n_epochs:
-            self._scope("epoch", self._one_epoch, CancelEpochException)
+            self._scope("epoch", self._one_epoch, _CANCELS[:2])
             state.epoch += 1
             state.batch_index = 0
 
@@ -469,8 +495,9 @@ class Learner:
         self.train_model.train()
         self.val_loss, self.val_metrics = None, []
         for micro_batches in self._epoch_steps():
+            self.step_loss = None  # set once the step's forward passes are done: a step cancelled before has no loss
             try:
-                self._scope("batch", functools.partial(self._one_step, micro_batches), CancelBatchException)
+                self._scope("batch", functools.partial(self._one_step, micro_batches), _CANCELS[:1])
             finally:
                 # A batch that began counts as an iteration, however it ended, so the
                 # schedule never replays a position.
@@ -521,6 +548,9 @@ class Learner:
 
     def _one_step(self, micro_batches: list[Any]) -> None:
         runtime, model, n = self.runtime, self.train_model, len(micro_batches)
+        # A step cancelled or failed after backward left its gradients (the zero_grad below did not run):
+        # they must not add to this one, nor to the first step of the next fit.
+        self.opt.zero_grad(set_to_none=True)
         total = None
         for j, batch in enumerate(micro_batches):
             self.xb, self.yb = runtime.to_device(batch)
@@ -581,6 +611,7 @@ class Learner:
         state = {"model": self.model.state_dict()}
         if with_opt:
             state["opt"] = self.opt.state_dict()
+            state["opt_type"] = type(self.opt).__name__
         path = self.model_path(name)
         if self.is_main_process:
             save_state(state, path)
@@ -591,6 +622,12 @@ class Learner:
         """Load what :meth:`save` wrote; on any error the learner is left unchanged."""
         path = self.model_path(name)
         state = load_state(path, self.device, required=("model",))
+        if with_opt and "opt" in state:
+            saved_type = state.get("opt_type") if isinstance(state.get("opt_type"), str) else None
+            problem = optimizer_mismatch(self.opt, state["opt"], saved_type)
+            if problem:
+                raise ValueError(f"load: {path} does not fit this learner's optimizer: {problem}; "
+                                 "load with with_opt=False to take the weights only")
         snapshot = LearnerSnapshot(self, everything=False, callbacks=())
         try:
             self.model.load_state_dict(state["model"])

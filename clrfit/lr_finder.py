@@ -83,8 +83,9 @@ class RangeTestRecorder(Recorder):
 
     def on_batch_end(self) -> None:
         learn = self.learn
-        loss = learn.step_loss if learn.step_loss is not None else torch.tensor(math.nan)
-        stats = [loss.detach().reshape(()).to(learn.device, torch.float64)]
+        if not self.record_step():  # cancelled before its loss: nothing to record, nothing to judge
+            return
+        stats = [learn.step_loss.detach().reshape(()).to(learn.device, torch.float64)]
         if self.validates_each_step:
             stats += self._validation_step()
         values = torch.stack(stats)

@@ -38,6 +38,7 @@ class Recorder(Callback):
         self.epochs: list[int] = []
         self.avg_loss = 0.0
         self._pending: list[torch.Tensor] = []
+        self._step: tuple[int, list[float], list[float | None]] | None = None  # read at on_batch_begin
 
     # ------------------------------------------------------------------ lists
     @property
@@ -70,15 +71,28 @@ class Recorder(Callback):
 
     def on_batch_begin(self) -> None:
         groups = self.learn.opt.param_groups
-        self.iterations.append(self.learn.iteration)
-        self.group_lrs.append([float(g["lr"]) for g in groups])
-        self.group_moms.append([get_momentum(g) for g in groups])
+        self._step = (self.learn.iteration, [float(g["lr"]) for g in groups], [get_momentum(g) for g in groups])
 
     def on_batch_end(self) -> None:
-        loss = self.learn.step_loss
-        self._pending.append(loss if loss is not None else torch.full((), float("nan"), device=self.learn.device))
-        if len(self._pending) >= self.flush_every:
-            self.flush()
+        if self.record_step():
+            self._pending.append(self.learn.step_loss)
+            if len(self._pending) >= self.flush_every:
+                self.flush()
+
+    def record_step(self) -> bool:
+        """Append this step's iteration, lrs and momentums if it has a loss; False for a step cancelled before.
+
+        A step is recorded whole or not at all, so every list keeps one entry per
+        recorded step: one cancelled before its loss existed (or before the
+        hyper-parameters were read) adds nothing, never a NaN or a repeated loss.
+        """
+        step, self._step = self._step, None
+        if step is None or self.learn.step_loss is None or step[0] != self.learn.iteration:
+            return False
+        self.iterations.append(step[0])
+        self.group_lrs.append(step[1])
+        self.group_moms.append(step[2])
+        return True
 
     def on_validate_end(self) -> None:
         self.metric_names = list(self.learn.metric_names)
@@ -138,6 +152,7 @@ class Recorder(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self._pending = []
+        self._step = None
         self.iterations = list(state["iterations"])
         self.group_lrs = [list(g) for g in state["group_lrs"]]
         self.group_moms = [list(g) for g in state["group_moms"]]

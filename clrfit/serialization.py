@@ -116,6 +116,31 @@ def _reason(err: Exception) -> str:
     return line[:200]
 
 
+def optimizer_mismatch(opt: torch.optim.Optimizer, saved: Any, saved_type: str | None = None) -> str | None:
+    """Why the optimizer state ``saved`` cannot be loaded into ``opt`` (None if it can).
+
+    ``torch.optim.Optimizer.load_state_dict`` accepts another optimizer's state and
+    replaces the param-group keys with that one's (Adam's ``betas`` in an SGD), so
+    the next step fails far from the cause; this is checked first instead.
+    """
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
+        return "its optimizer state has no param_groups list"
+    if saved_type is not None and saved_type != type(opt).__name__:
+        return f"it holds the state of a {saved_type} optimizer and this learner's is a {type(opt).__name__}"
+    groups = saved["param_groups"]
+    if len(groups) != len(opt.param_groups):
+        return f"it has {len(groups)} optimizer param groups and this learner's optimizer has {len(opt.param_groups)}"
+    for i, (old, new) in enumerate(zip(groups, opt.param_groups)):
+        if not isinstance(old, dict):
+            return f"its param group {i} is a {type(old).__name__}, not a dict"
+        if saved_type is None and set(old) != set(new):  # without the type, the hyper-parameter names tell
+            extra, missing = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+            return (f"its param group {i} has other hyper-parameters than this learner's {type(opt).__name__} "
+                    f"(extra: {', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'}): "
+                    "it was saved from another optimizer type")
+    return None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint file (``weights_only=True``); ``ValueError`` naming what is wrong."""
     state = load_state(path, "cpu", required=KEYS)  # CPU: RNG states must stay CPU tensors
