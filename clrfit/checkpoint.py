@@ -79,6 +79,7 @@ from .rollback import LearnerSnapshot
 from .serialization import (
     FORMAT,
     KEYS,
+    FileLock,
     get_rng_states,
     read_checkpoint,
     remove_temp_files,
@@ -86,7 +87,7 @@ from .serialization import (
     set_rng_states,
 )
 from .state import COUNTERS, loader_generators
-from .validation import check_bool, check_choice, check_int
+from .validation import check_bool, check_choice, check_int, fail
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
@@ -226,7 +227,12 @@ class Checkpoint(Callback):
             raise TypeError(f"checkpoint must be a file path (str or pathlib.Path) or None; got {path!r}")
         if str(path) == "" or Path(path).is_dir():
             raise ValueError(f"checkpoint must be a file path, not a folder or empty; got {str(path)!r}")
+        blocking = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:  # found now, not at the first write after an epoch of training
+            raise fail("checkpoint", _escape_braces(f"must be a path in a folder; {str(blocking)!r} is a file"),
+                       str(path))
         self.path = Path(path)
+        self._lock: FileLock | None = None
         self.every = None if every is None else check_int("checkpoint_every", every, minimum=1)
         self.resume = check_bool("resume", resume)
         self._reset()
@@ -240,7 +246,10 @@ class Checkpoint(Callback):
         self._reset()
         learn = self.learn
         if learn.is_main_process:
-            remove_temp_files(self.path)  # left by a process killed while writing
+            # Before the first step: a second writer of this file is refused, and the lock
+            # file's creation proves the folder writable (WriteError naming the cause if not).
+            self._lock = FileLock(self.path).acquire()
+            remove_temp_files(self.path)  # left by a killed writer (a live one's are kept)
         self.setup = run_setup(learn, self._callback_states())
         if self.resume:
             self._resume()
@@ -262,6 +271,14 @@ class Checkpoint(Callback):
             self._save(learn.epoch + 1, 0, learn.iteration)
 
     def on_train_end(self) -> None:
+        try:
+            self._final_save()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _final_save(self) -> None:
         learn = self.learn
         if not learn.interrupted or self.saved_at == (learn.epoch, learn.batch_index, learn.iteration):
             return
@@ -454,6 +471,10 @@ def plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _generators(learn: "Learner") -> list[torch.Generator]:

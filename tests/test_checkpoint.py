@@ -1,6 +1,7 @@
 """Checkpoints: contents, when they are written, atomicity, exact resume after SIGKILL, divergence."""
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
@@ -650,3 +651,213 @@ def test_divergence_is_caught_within_check_every_steps_on_cpu():
         learn.fit(0.05, 1, callbacks=[steps, PoisonAt(3)])
     assert info.value.iteration == 3
     assert steps.ran == CHECK_EVERY  # the losses are read back (and checked) every CHECK_EVERY steps
+
+
+# ---------------------------------------------------------------------- concurrent writers, unwritable folders, full disks
+
+from clrfit.serialization import CheckpointLocked, FileLock, WriteError, owner_tag, remove_temp_files  # noqa: E402
+
+SLOW_WRITER = """
+import sys, time, torch
+from pathlib import Path
+from test_checkpoint import run
+checkpoint, writing, release = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+real_save, calls = torch.save, []
+def slow_save(obj, f, *args, **kwargs):  # the second write stops halfway until the test says go on
+    calls.append(1)
+    if len(calls) == 2:
+        f.write(b"half a checkpoint")
+        f.flush()
+        writing.write_text("")
+        while not release.exists():
+            time.sleep(0.02)
+        f.seek(0)
+        f.truncate()
+    real_save(obj, f, *args, **kwargs)
+torch.save = slow_save
+run("clr_beta", checkpoint=checkpoint, checkpoint_every=1)
+"""
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_second_writer_of_one_checkpoint_is_refused_and_the_first_finishes(tmp_path):
+    """Issue 12 item 4: a fit start used to delete the live writer's temp file; the writer died on FileNotFoundError."""
+    ckpt, writing, release = tmp_path / "c.ckpt", tmp_path / "writing", tmp_path / "release"
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(ckpt), str(writing), str(release)], cwd=ROOT,
+                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: writing.exists() or writer.poll() is not None)
+        assert writer.poll() is None, writer.communicate()
+        (half,) = temp_files(ckpt)  # the live writer's, mid-write
+        learn = build()
+        before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+        log = CountSteps()
+        for _ in range(2):  # every refusal leaves the live writer's lock and files alone
+            with pytest.raises(CheckpointLocked, match=rf"pid {writer.pid}") as info:
+                learn.fit(0.1, 1, checkpoint=ckpt, callbacks=[log])
+            assert isinstance(info.value, ValueError) and str(ckpt) in str(info.value)
+            assert half.exists()
+        assert log.steps == 0 and all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+        release.write_text("")
+        _, err = writer.communicate(timeout=120)
+    finally:
+        writer.kill()
+    assert writer.returncode == 0, err
+    assert read_checkpoint(ckpt)["counters"]["iteration"] == 18  # the writer's run, whole
+    assert not (tmp_path / ".c.ckpt.lock").exists() and temp_files(ckpt) == []  # released at its end
+    learn.fit(0.1, 1, checkpoint=ckpt)  # the path is free again
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
+    import socket
+
+    (tmp_path / ".c.ckpt.lock").write_text(f"{int(dead.stdout)} {socket.gethostname()} 1\n")
+    (tmp_path / f".c.ckpt.{socket.gethostname()}~{int(dead.stdout)}.x1.tmp").write_bytes(b"partial")
+    learn = build()
+    learn.fit(0.1, 1, checkpoint=ckpt)
+    assert read_checkpoint(ckpt)["counters"]["iteration"] == learn.nb
+    assert temp_files(ckpt) == [] and not (tmp_path / ".c.ckpt.lock").exists()
+
+
+def test_one_process_cannot_hold_one_path_twice_and_releases_it(tmp_path):
+    lock = FileLock(tmp_path / "c.ckpt").acquire()
+    with pytest.raises(CheckpointLocked, match="this process"):
+        FileLock(tmp_path / "c.ckpt").acquire()
+    lock.release()
+    FileLock(tmp_path / "c.ckpt").acquire().release()
+    assert not (tmp_path / ".c.ckpt.lock").exists()
+
+
+def test_temp_files_of_a_live_writer_are_kept_and_a_dead_ones_removed(tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = owner_tag().rsplit("~", 1)[0]
+        mine = tmp_path / f".c.ckpt.{owner_tag()}.a.tmp"
+        theirs = tmp_path / f".c.ckpt.{host}~{live.pid}.b.tmp"
+        remote = tmp_path / ".c.ckpt.another-host~1.c.tmp"
+        for f in (mine, theirs, remote):
+            f.write_bytes(b"being written")
+        assert remove_temp_files(ckpt) == 0
+        assert mine.exists() and theirs.exists() and remote.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert remove_temp_files(ckpt) == 1 and not theirs.exists() and remote.exists()
+
+
+class FirstStep(Callback):
+    def __init__(self) -> None:
+        self.began = False
+
+    def on_batch_begin(self) -> None:
+        self.began = True
+
+
+def test_a_checkpoint_inside_a_file_is_refused_before_anything_changes(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    learn = build()
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"checkpoint.*afile.*is a file"):
+        learn.fit(0.1, 1, checkpoint=tmp_path / "afile" / "sub" / "c.ckpt")
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+
+def _mount_tmpfs(folder: Path, options: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def _umount(folder: Path) -> None:
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_read_only_checkpoint_folder_is_found_before_the_first_step(tmp_path):
+    folder = tmp_path / "ro"
+    mounted = _mount_tmpfs(folder, "ro,size=64k")
+    if not mounted:
+        if os.geteuid() == 0:
+            pytest.skip("root ignores folder permissions and tmpfs cannot be mounted here")
+        folder.chmod(0o500)
+    try:
+        learn = build()
+        first = FirstStep()
+        with pytest.raises(WriteError) as info:
+            learn.fit(0.1, 1, checkpoint=folder / "c.ckpt", callbacks=[first])
+        message = str(info.value)
+        assert str(folder / "c.ckpt") in message and ("read-only" in message or "permission" in message), message
+        assert isinstance(info.value, ValueError) and not first.began
+    finally:
+        _umount(folder) if mounted else folder.chmod(0o700)
+
+
+FULL_DISK_RLIMIT = """
+import resource, signal, sys
+from test_checkpoint import build
+ckpt = sys.argv[1]
+learn = build()
+learn.fit(0.1, 1, checkpoint=ckpt)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing the process
+size = __import__("os").path.getsize(ckpt)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+try:
+    learn.fit(0.1, 2, checkpoint=ckpt)
+except OSError as err:
+    print(type(err).__name__, err)
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+def test_a_full_disk_names_the_path_and_the_cause_and_keeps_the_previous_checkpoint(tmp_path):
+    """Issue 12: torch said ``unexpected pos``; a real full file system (tmpfs), else RLIMIT_FSIZE in a subprocess."""
+    folder = tmp_path / "small"
+    if _mount_tmpfs(folder, "size=256k"):
+        try:
+            ckpt = folder / "c.ckpt"
+            learn = build()
+            learn.fit(0.1, 1, checkpoint=ckpt)
+            good = ckpt.read_bytes()
+            free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+            (folder / "filler").write_bytes(b"\0" * (free - len(good) // 2))  # room for half a checkpoint
+            with pytest.raises(WriteError) as info:
+                learn.fit(0.1, 2, checkpoint=ckpt)
+            assert info.value.errno == errno.ENOSPC
+            assert str(ckpt) in str(info.value) and "no space left" in str(info.value)
+            assert ckpt.read_bytes() == good and temp_files(ckpt) == []
+            assert read_checkpoint(ckpt)["counters"]["iteration"] == learn.nb
+        finally:
+            _umount(folder)
+        return
+    ckpt = tmp_path / "c.ckpt"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_RLIMIT, str(ckpt)], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("WriteError") and str(ckpt) in proc.stdout and "larger" in proc.stdout
+    assert read_checkpoint(ckpt)["counters"]["iteration"] == 6 and temp_files(ckpt) == []
+
+
+def test_checkpoints_and_saved_models_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        learn = build()
+        learn.fit(0.1, 1, checkpoint=tmp_path / "c.ckpt")
+        path = learn.save(tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.ckpt").stat().st_mode & 0o777 == 0o640  # was 0600 whatever the umask
+    assert path.stat().st_mode & 0o777 == 0o640
