@@ -160,10 +160,13 @@ class RangeTestRecorder(Recorder):
         from .plots import plot_range_test
 
         n = len(self.iterations)
+        defaults = n_skip is None and n_skip_end is None
         n_skip = warmup_points(n) if n_skip is None else check_int("n_skip", n_skip, minimum=0)
         n_skip_end = end_points(n) if n_skip_end is None else check_int("n_skip_end", n_skip_end, minimum=0)
         check_bool("smoothed", smoothed)
         check_bool("suggestions", suggestions)
+        if defaults and n - n_skip - n_skip_end < 2:  # a short sweep: the default trims would leave no curve
+            n_skip = n_skip_end = 0
         if n - n_skip - n_skip_end < 2:
             raise ValueError(
                 f"n_skip={n_skip} and n_skip_end={n_skip_end} leave {max(n - n_skip - n_skip_end, 0)} of the {n} "

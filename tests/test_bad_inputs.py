@@ -209,6 +209,10 @@ CLI = [
     ("fit: zero --accumulate", ["fit", "--lr", "0.1", "--accumulate", "0"], "--accumulate"),
     ("fit: unknown --precision", ["fit", "--lr", "0.1", "--precision", "fp8"], "--precision"),
     ("lr-find: negative --end-lr", ["lr-find", "--end-lr", "-1"], "--end-lr"),
+    # issue 12 item 7: these trained to the end, or started, before failing with a traceback
+    ("fit: --out an existing file", ["fit", "--lr", "0.1", "--out", "afile"], "--out"),
+    ("fit: --out inside a file", ["fit", "--lr", "0.1", "--out", "afile/run"], "--out"),
+    ("fit: --checkpoint inside a file", ["fit", "--lr", "0.1", "--checkpoint", "afile/c.ckpt"], "--checkpoint"),
 ]
 
 # These pass the parser and the CLI's checks and reach the library with a learner built: its weights
@@ -238,6 +242,7 @@ def one_line(err: str) -> str:
 @pytest.mark.parametrize("argv, option", [pytest.param(a, o, id=i) for i, a, o in CLI])
 def test_cli_bad_input_exits_2_with_one_line(argv, option, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
     assert cli.main(argv) == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"clrfit {argv[0]}: error: ") and option in line
@@ -265,6 +270,25 @@ def test_cli_library_errors_exit_2_and_change_no_weights(argv, option, tiny_cli_
     assert line.startswith(f"clrfit {argv[0]}: error: ") and option in line
     (learn, before), = seen
     assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_device_cuda_without_cuda_is_one_line_exit_2_before_training(tiny_cli_data, tmp_path, capsys, monkeypatch):
+    """Issue 12 item 7: a driver traceback from the first tensor moved."""
+    monkeypatch.chdir(tmp_path)
+    started = []
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **k: started.append(1))
+    assert cli.main(["fit", "--lr", "0.1", "--device", "cuda", "--no-progress"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("clrfit fit: error: ") and "cuda" in line and "CUDA" in line and not started
+
+
+@pytest.mark.parametrize("num_it", [2, 5, 16])
+def test_cli_lr_find_with_a_short_sweep_ends_with_a_plot(num_it, tiny_cli_data, tmp_path, capsys, monkeypatch):
+    """Issue 12: ``--num-it 2..16`` failed after the sweep about ``n_skip``, which is no CLI option."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["lr-find", "--num-it", str(num_it), "--no-progress", "-o", "f.png"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "f.png").stat().st_size > 0
 
 
 def test_there_are_at_least_forty_cases_with_the_cli():
