@@ -248,7 +248,7 @@ class Checkpoint(Callback):
         if learn.is_main_process:
             # Before the first step: a second writer of this file is refused, and the lock
             # file's creation proves the folder writable (WriteError naming the cause if not).
-            self._lock = FileLock(self.path).acquire()
+            self._lock = FileLock(self.path, active=lambda: learn._running).acquire()
             remove_temp_files(self.path)  # left by a killed writer (a live one's are kept)
         self.setup = run_setup(learn, self._callback_states())
         if self.resume:
@@ -266,8 +266,9 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self) -> None:
         learn = self.learn
-        # Only an epoch whose steps all ran is saved as done (not one cut short by a cancel or Ctrl-C).
-        if not learn.interrupted and learn.batch_index >= learn.steps_per_epoch:
+        # An epoch that ended (all its steps, or cut short by a cancel: it is over either way) is saved
+        # as done; one stopped by Ctrl-C is saved where it stopped, by on_train_end.
+        if not learn.interrupted:
             self._save(learn.epoch + 1, 0, learn.iteration)
 
     def on_train_end(self) -> None:

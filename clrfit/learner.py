@@ -448,19 +448,23 @@ class Learner:
             handler()
 
     def _end(self, event: str, cancels: tuple[type[Exception], ...]) -> None:
-        """Fire an end event to every callback, even after one cancels; a cancel of this scope (or smaller) ends here.
+        """Fire an end event to every callback, even after one cancels or fails; a cancel of this scope (or smaller) ends here.
 
         No callback may miss the end of a scope it saw begin (the recorder would
         lose a step, the checkpoint an epoch); a cancel raised by an end event has
         nothing left to skip in its own scope, so only a larger one propagates.
         """
-        cancel = None
+        cancel = error = None
         for handler in self._handlers[event]:
             try:
                 handler()
             except _CANCELS as err:
-                if cancel is None or _CANCELS.index(type(err)) > _CANCELS.index(type(cancel)):
+                if cancel is None or _cancel_rank(err) > _cancel_rank(cancel):
                     cancel = err
+            except Exception as err:  # raised once every callback has seen the end (the first error wins)
+                error = error or err
+        if error is not None:
+            raise error
         if cancel is not None and not isinstance(cancel, cancels):
             raise cancel
 
@@ -693,6 +697,11 @@ def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Ca
 def _check_metrics(metrics: Sequence[Callable] | None) -> None:
     if metrics is not None and (isinstance(metrics, (str, bytes)) or not all(callable(m) for m in metrics)):
         raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
+
+
+def _cancel_rank(err: Exception) -> int:
+    """0 for a batch cancel, 1 for an epoch cancel, 2 for a fit cancel (subclasses included)."""
+    return next(i for i, kind in enumerate(_CANCELS) if isinstance(err, kind))
 
 
 def _overrides(cb: Callback, event: str) -> bool:

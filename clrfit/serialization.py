@@ -16,7 +16,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -215,6 +215,10 @@ def _start_time(pid: int) -> str:
         return "?"
 
 
+#: Lock files this process holds, by resolved path.
+_HELD: dict[str, "FileLock"] = {}
+
+
 class CheckpointLocked(ValueError):
     """Another live process is writing the same checkpoint file."""
 
@@ -228,10 +232,13 @@ class FileLock:
     Creating it is also the check that the folder is writable (:class:`WriteError`).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, active: Callable[[], bool] | None = None) -> None:
         self.path = Path(path)
         self.lock_path = self.path.parent / f".{self.path.name}.lock"
         self.held = False
+        # In this process a lock is live while its holder says so (a fit ended by a second
+        # Ctrl-C may not have released it): ``active`` is asked, by default "held".
+        self.active = active or (lambda: self.held)
 
     def acquire(self) -> "FileLock":
         """Take the lock; :class:`CheckpointLocked` or :class:`WriteError` if it cannot be taken."""
@@ -266,6 +273,7 @@ class FileLock:
                 raise write_error(self.path, err, "write a lock file for") from None
             os.close(fd)
             self.held = True
+            _HELD[str(self.lock_path.resolve())] = self
             return self
         raise CheckpointLocked(f"checkpoint {self.path}: the lock file {self.lock_path} keeps reappearing; "
                                "another process is starting on the same checkpoint file")
@@ -292,12 +300,19 @@ class FileLock:
             return f"pid {pid} on host {host}"
         if not pid_alive(pid) or (start != "?" and _start_time(pid) not in (start, "?")):
             return None
-        return f"pid {pid} on this host{' (this process)' if pid == os.getpid() else ''}"
+        if pid == os.getpid():
+            mine = _HELD.get(str(self.lock_path.resolve()))
+            if mine is None or not mine.active():  # left by a fit of this process that has ended
+                return None
+            return f"pid {pid} on this host (this process: another fit is writing it)"
+        return f"pid {pid} on this host"
 
     def release(self) -> None:
         """Remove the lock file if this object holds it."""
         if self.held:
             self.held = False
+            if _HELD.get(str(self.lock_path.resolve())) is self:
+                del _HELD[str(self.lock_path.resolve())]
             try:
                 self.lock_path.unlink()
             except FileNotFoundError:

@@ -732,7 +732,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
 
 def test_one_process_cannot_hold_one_path_twice_and_releases_it(tmp_path):
     lock = FileLock(tmp_path / "c.ckpt").acquire()
-    with pytest.raises(CheckpointLocked, match="this process"):
+    with pytest.raises(CheckpointLocked, match="this process"):  # while its holder is active
         FileLock(tmp_path / "c.ckpt").acquire()
     lock.release()
     FileLock(tmp_path / "c.ckpt").acquire().release()
