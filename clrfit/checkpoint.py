@@ -82,11 +82,12 @@ from .serialization import (
     FileLock,
     get_rng_states,
     read_checkpoint,
+    plain_state,
     remove_temp_files,
     save_state,
     set_rng_states,
 )
-from .state import COUNTERS, loader_generators
+from .state import COUNTERS, loader_generators, stateful_samplers
 from .validation import check_bool, check_choice, check_int, fail
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -300,10 +301,12 @@ class Checkpoint(Callback):
         # batch_index 0: the next epoch has not drawn its data order yet; it draws it from the current state.
         epoch_rng_state = learn.state.epoch_rng_state if batch_index > 0 else rng["torch"]
         generators = learn.state.loader_generators if batch_index > 0 else [g.get_state() for g in _generators(learn)]
+        samplers = learn.state.sampler_states if batch_index > 0 else [
+            plain_state(s.state_dict()) for s in stateful_samplers((learn.data.trn_dl,))]
         cycle, iter_in_cycle = learn.schedule.position(iteration)
         # What differs between ranks: random streams, loader generators, local histories (each rank's own losses).
         own = {"epoch_rng_state": epoch_rng_state, "rng_states": rng, "loader_generators": generators,
-               "callbacks": self._callback_states(epochs_done=epoch)}
+               "sampler_states": samplers, "callbacks": self._callback_states(epochs_done=epoch)}
         state = {
             "clrfit_checkpoint": FORMAT,
             "model": learn.model.state_dict(), "opt": learn.opt.state_dict(), "precision": learn.precision.state_dict(),
@@ -329,7 +332,7 @@ class Checkpoint(Callback):
             if cb is self.learn.recorder and epochs_done is not None:
                 # An interrupted epoch still marks its end in the recorder; the resumed run marks it again.
                 state["epochs"] = state["epochs"][:epochs_done]
-            states[key] = state
+            states[key] = plain_state(state)  # a numpy scalar would make the file unloadable (weights_only)
         return states
 
     # ------------------------------------------------------------------ resuming
@@ -350,6 +353,8 @@ class Checkpoint(Callback):
         _apply(learn, state, path, callbacks=True)
         for g, g_state in zip(_generators(learn), state["loader_generators"]):  # count checked in setup
             g.set_state(g_state)
+        for sampler, sampler_state in zip(stateful_samplers((learn.data.trn_dl,)), state.get("sampler_states", [])):
+            sampler.load_state_dict(sampler_state)
         counters = state["counters"]
         if counters["batch_index"] == 0 or counters["epoch"] >= learn.n_epochs:
             # At an epoch boundary the next data order is still to be drawn: draw it from the saved state.

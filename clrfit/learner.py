@@ -37,8 +37,8 @@ from .recorder import Recorder
 from .rollback import LearnerSnapshot
 from .runtime import Runtime, compile_backend
 from .scheduler import ParamScheduler
-from .serialization import load_state, optimizer_mismatch, save_state, set_rng_states
-from .state import TrainingState, loader_generators, sigint
+from .serialization import load_state, optimizer_mismatch, plain_state, save_state, set_rng_states
+from .state import TrainingState, loader_generators, sigint, start_persistent_workers, stateful_samplers
 from .suggest import Suggestions
 from .validation import as_group_values, check_bool, check_choice, check_int
 
@@ -412,6 +412,8 @@ class Learner:
                              use_wd_sched=use_wd_sched, norm_wds=norm_wds)
         self.train_model, self.eval_model = self.runtime.models(backend)
         self._generators = loader_generators((self.data.trn_dl, self.data.val_dl))
+        self._samplers = stateful_samplers((self.data.trn_dl,))
+        start_persistent_workers((self.data.trn_dl, self.data.val_dl))
         self.sched = self.recorder = recorder or Recorder()
         cbs = [ParamScheduler(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult), self.recorder]
         if self.progress or self.table:
@@ -534,6 +536,7 @@ class Learner:
             torch.set_rng_state(state.epoch_rng_state)
         state.epoch_rng_state = torch.get_rng_state()
         state.loader_generators = [g.get_state() for g in self._generators]
+        state.sampler_states = [plain_state(s.state_dict()) for s in self._samplers]
         batches = iter(dl)
         for _ in range(state.batch_index * self.accumulate):
             if next(batches, None) is None:  # resuming at an epoch's end (a short last step)

@@ -412,6 +412,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def plain_state(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and numpy arrays as tensors: what ``weights_only`` loads.
+
+    Callback and sampler states are made plain when a checkpoint is written, so
+    a numpy value in them cannot make the file unreadable (``weights_only=True``
+    refuses numpy objects).
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy()) if value.dtype != object else [plain_state(v) for v in value.tolist()]
+    if isinstance(value, dict):
+        return type(value)((k, plain_state(v)) for k, v in value.items()) if type(value) is not dict else {
+            k: plain_state(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_state(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(plain_state(v) for v in value)
+    return value
+
+
 def get_rng_states() -> dict[str, Any]:
     """Snapshot of the torch (CPU and CUDA), numpy and python random generators."""
     states = {
