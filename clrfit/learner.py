@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
+import sys
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -205,6 +208,7 @@ class Learner:
         """
         group_lrs = as_group_values("lrs", lrs, self.n_groups, positive=True)
         nb = self._steps_per_epoch(accumulate)
+        _check_fit_length(n_cycle, cycle_len, cycle_mult, nb)
         schedule, n_epochs = schedules.fit_schedule(group_lrs, nb, n_cycle, cycle_len, cycle_mult, use_clr, use_clr_beta)
         args = dict(kind="fit", lrs=group_lrs, n_cycle=n_cycle, cycle_len=cycle_len, cycle_mult=cycle_mult,
                     use_clr=_plain(use_clr), use_clr_beta=_plain(use_clr_beta))
@@ -274,6 +278,7 @@ class Learner:
         """
         epochs = check_int("epochs", epochs, minimum=1)
         total = epochs * self._steps_per_epoch(accumulate)
+        _check_cyclic_range(step_size_up, step_size_down, mode, gamma, total)
         schedule = schedules.cyclic_schedule(
             self.n_groups, base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn,
             scale_mode, cycle_momentum, base_momentum, max_momentum, total=total)
@@ -403,13 +408,17 @@ class Learner:
         fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)  # checks checkpoint*
         self._reset_counters()
         self.validate_each_epoch = check_bool("validate", validate)
+        if self.validate_each_epoch and self.data.val_dl is not None and _length(self.data.val_dl) == 0:
+            raise ValueError("the validation loader (data.val_dl) has no batches (len() == 0): every epoch would "
+                             "end in a validation of nothing; pass a validation set, or ModelData without val_dl")
         self._metrics = list(metrics) if metrics is not None else self.metrics
         self.accumulate = accumulate
         self.steps_per_epoch = self._steps_per_epoch(accumulate)
         self.n_epochs = n_epochs
         self.schedule = schedule
         self.fit_args = dict(fit_args or {}, n_epochs=n_epochs, accumulate=accumulate, wds=group_wds,
-                             use_wd_sched=use_wd_sched, norm_wds=norm_wds)
+                             use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
+                             metrics=tuple(self._metrics))  # callables compared by code on resume
         self.train_model, self.eval_model = self.runtime.models(backend)
         self._generators = loader_generators((self.data.trn_dl, self.data.val_dl))
         self._samplers = stateful_samplers((self.data.trn_dl,))
@@ -545,13 +554,21 @@ class Learner:
             set_rng_states(state.resume_rng)
             state.resume_rng = None
         group: list[Any] = []
+        steps = state.batch_index
         for batch in batches:
             group.append(batch)
             if len(group) == self.accumulate:
                 yield group
-                group = []
+                group, steps = [], steps + 1
+                if steps == self.steps_per_epoch:  # the schedule was planned for len(): never run past it
+                    if next(batches, None) is not None:
+                        _loader_length_warning(dl, "more", self.steps_per_epoch)
+                    return
         if group:
             yield group
+            steps += 1
+        if steps < self.steps_per_epoch:
+            _loader_length_warning(dl, "fewer", self.steps_per_epoch, steps)
 
     def _one_step(self, micro_batches: list[Any]) -> None:
         runtime, model, n = self.runtime, self.train_model, len(micro_batches)
@@ -603,6 +620,9 @@ class Learner:
         self.dist.all_reduce_sum(sums)
         totals = sums.tolist()
         count = totals[1]
+        if count == 0:  # a loader whose len() promised batches that never came
+            raise ValueError(f"validate: the validation loader yielded no samples (len() = {_length(dl)}); "
+                             "pass a validation set with samples, or ModelData without val_dl")
         return totals[0] / count, [v / count for v in totals[2:]]
 
     # ------------------------------------------------------------------ persistence
@@ -690,6 +710,9 @@ def _check_options(n_groups: int, wds: Any, use_wd_sched: Any, norm_wds: Any, wd
 
 
 def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Callback]:
+    if isinstance(callbacks, Callback) or (callbacks is not None and not isinstance(callbacks, Iterable)):
+        raise TypeError(f"{name} must be a list of clrfit.Callback instances; got a single {type(callbacks).__name__}: "
+                        f"pass [{type(callbacks).__name__}(...)]")
     callbacks = list(callbacks or [])
     for cb in callbacks:
         if not isinstance(cb, Callback):
@@ -698,6 +721,11 @@ def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Ca
 
 
 def _check_metrics(metrics: Sequence[Callable] | None) -> None:
+    if metrics is not None and callable(metrics) and not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got the single callable "
+                        f"{metric_name(metrics)}: pass [{metric_name(metrics)}]")
+    if metrics is not None and not isinstance(metrics, Iterable):
+        raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
     if metrics is not None and (isinstance(metrics, (str, bytes)) or not all(callable(m) for m in metrics)):
         raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
 
@@ -705,6 +733,64 @@ def _check_metrics(metrics: Sequence[Callable] | None) -> None:
 def _cancel_rank(err: Exception) -> int:
     """0 for a batch cancel, 1 for an epoch cancel, 2 for a fit cancel (subclasses included)."""
     return next(i for i, kind in enumerate(_CANCELS) if isinstance(err, kind))
+
+
+#: The most optimizer steps a fit may plan: beyond 2**53 a step count is no longer exact as a float.
+MAX_STEPS = 2**53
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is a finite real number (numpy and 0-d torch included), else None (checked later)."""
+    try:
+        out = float(value.item() if getattr(value, "ndim", None) == 0 else value)
+    except (TypeError, ValueError, AttributeError, RuntimeError, OverflowError):
+        return None
+    return out if math.isfinite(out) and not isinstance(value, bool) else None
+
+
+def _check_fit_length(n_cycle: Any, cycle_len: Any, cycle_mult: Any, nb: int) -> None:
+    """Refuse SGDR lengths whose epoch count overflows (``cycle_len * (cycle_mult**n_cycle - 1) / (cycle_mult - 1)``)."""
+    n, length, mult = _real(n_cycle), _real(cycle_len), _real(cycle_mult)
+    if None in (n, length, mult) or not (n >= 1 and length > 0 and mult > 1) or not n.is_integer():
+        return  # the schedule's own checks name whatever is wrong
+    n = int(n)
+    largest = 1
+    while length * (mult ** (largest + 1) - 1) / (mult - 1) * nb <= MAX_STEPS:
+        largest += 1
+    if n > largest:
+        raise ValueError(f"n_cycle={n} with cycle_len={cycle_len:g} and cycle_mult={cycle_mult:g} plans more than "
+                         f"2**53 optimizer steps ({nb} per epoch); with these, n_cycle must be in [1, {largest}]")
+
+
+def _check_cyclic_range(step_size_up: Any, step_size_down: Any, mode: Any, gamma: Any, total: int) -> None:
+    """Refuse ``fit_cyclic`` values that overflow or divide by zero within the run's ``total`` steps."""
+    for name, value in (("step_size_up", step_size_up), ("step_size_down", step_size_down)):
+        size = _real(value)
+        if size is not None and size > MAX_STEPS:
+            raise ValueError(f"{name} must be in (0, 2**53] optimizer steps (larger sizes overflow the cycle "
+                             f"position); got {value!r}")
+    g = _real(gamma)
+    if mode == "exp_range" and g is not None and g > 1 and total > 1:
+        # lr = base + (max - base) * s * gamma**t: gamma**(total - 1) must stay a finite float.
+        limit = math.exp(math.log(sys.float_info.max) / (total - 1)) * (1 - 1e-12)
+        if g > limit:
+            raise ValueError(f"gamma={g:g} overflows: gamma**t over the run's {total} steps exceeds the largest "
+                             f"float; gamma must be in (0, {limit:.12g}] for this run")
+
+
+def _loader_length_warning(dl: Any, kind: str, planned: int, got: int | None = None) -> None:
+    detail = f"{got} steps" if got is not None else "more batches; the rest were not used"
+    warnings.warn(f"the training loader yielded {kind} batches than its len() ({len(dl)}, {planned} optimizer steps "
+                  f"planned per epoch): {detail}. The schedule was planned for len() batches, so a cycle that "
+                  "should end in this epoch is not completed; make len() match what the loader yields",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _length(dl: Any) -> int | None:
+    try:
+        return len(dl)
+    except TypeError:
+        return None
 
 
 def _overrides(cb: Callback, event: str) -> bool:
@@ -717,6 +803,8 @@ def _plain(value: Any) -> Any:
     """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0:  # numpy and 0-d torch scalars
+        return float(value)
     return tuple(float(v) for v in value)
 
 

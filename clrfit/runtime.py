@@ -101,16 +101,39 @@ class Runtime:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch: Any, crit: Callable, metrics: Sequence[Callable]) -> torch.Tensor:
-        """``[loss * n, n, metric * n, ...]`` of one batch as a float64 device tensor (``model`` in eval mode)."""
+        """``[loss * n, n, metric * n, ...]`` of one batch as a float64 device tensor (``model`` in eval mode).
+
+        ``n`` is the number of samples (the leading size of the first target tensor, or
+        of the input), not the number of targets of a multi-target batch. Metrics get
+        the prediction, or its first element when the model returns a tuple or list.
+        """
         xb, yb = self.to_device(batch)
         pred, loss = self.forward(model, xb, yb, crit)
-        n = float(len(yb))
+        n = float(batch_size(yb, xb))
         values = [loss.detach().double().reshape(()) * n, torch.full((), n, device=self.device, dtype=torch.float64)]
-        values += [m(pred.float(), yb).double().reshape(()) * n for m in metrics]
+        if metrics:
+            main = pred[0] if isinstance(pred, (tuple, list)) else pred
+            main = main.float() if isinstance(main, torch.Tensor) else main
+            values += [torch.as_tensor(m(main, yb), device=self.device).double().reshape(()) * n for m in metrics]
         return torch.stack(values)
 
     def __repr__(self) -> str:
         return f"Runtime(device={self.device}, precision={self.precision.name!r}, world_size={self.dist.world_size})"
+
+
+def batch_size(yb: Any, xb: Any = None) -> int:
+    """Samples in a batch: the leading size of the first tensor in ``yb`` (nested tuples, lists, dicts), else of ``xb``."""
+    for part in (yb, xb):
+        stack = [part]
+        while stack:
+            item = stack.pop(0)
+            if isinstance(item, torch.Tensor):
+                return int(item.shape[0]) if item.ndim else 1
+            if isinstance(item, (tuple, list)):
+                stack = list(item) + stack
+            elif isinstance(item, dict):
+                stack = list(item.values()) + stack
+    return len(yb)
 
 
 def resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:

@@ -130,7 +130,8 @@ class sigint:
 
     def __enter__(self) -> "sigint":
         self.received = False
-        if threading.current_thread() is threading.main_thread():
+        # A process that ignores SIGINT (nohup, a launcher, SIG_IGN set by the user) keeps ignoring it.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
