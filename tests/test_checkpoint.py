@@ -991,3 +991,34 @@ def test_numpy_values_in_callback_state_are_made_plain_when_written(tmp_path):
     again = NumpyState()
     build().fit(0.1, 2, checkpoint=tmp_path / "d.ckpt", checkpoint_every=1, callbacks=[again], resume=True)
     assert again.count == 2 * learn.nb and again.total == 1.5 * 2 * learn.nb
+
+
+def _double(learn) -> float:
+    return 2.0
+
+
+def _triple(learn) -> float:
+    return 3.0
+
+
+def _acc(pred, targ):
+    return (pred.argmax(-1) == targ).float().mean()
+
+
+def _err(pred, targ):
+    return (pred.argmax(-1) != targ).float().mean()
+
+
+@pytest.mark.parametrize("first, second, named", [
+    (dict(wds_sched_mult=_double), dict(wds_sched_mult=_triple), "wds_sched_mult"),
+    (dict(metrics=[_acc]), dict(metrics=[_err]), "metrics"),
+])
+def test_resume_refuses_a_changed_wds_sched_mult_or_metrics(tmp_path, first, second, named):
+    """Issue 12: a changed wds_sched_mult or metrics list was accepted on resume."""
+    ckpt = tmp_path / "c.ckpt"
+    common = dict(wds=1e-3, use_wd_sched=True, checkpoint=ckpt)
+    with pytest.raises(KeyboardInterrupt):
+        build().fit(0.1, 2, callbacks=[InterruptAt(7)], **common, **first)
+    with pytest.raises(ValueError, match=rf"different fit; .*{named}: .* in the checkpoint, .* now"):
+        build().fit(0.1, 2, resume=True, **common, **second)
+    build().fit(0.1, 2, resume=True, **common, **first)  # the same ones resume

@@ -284,3 +284,104 @@ def test_a_fit_started_from_a_callback_is_refused_and_the_outer_fit_runs_whole()
     learn.fit(0.1, 3, callbacks=[Nested()])
     assert learn.epoch == 3 and learn.iteration == 3 * NB and len(learn.sched.val_losses) == 3
     assert len(errors) == 3 and "running fit" in errors[0]
+
+
+# ---------------------------------------------------------------------- odd loaders and models (issue 12, "Also")
+
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from clrfit import Learner, ModelData  # noqa: E402
+from conftest import make_data, make_learner, make_model  # noqa: E402
+
+
+class LyingBatches:
+    """A batch sampler whose len() is ``claimed`` while it yields ``real`` batches of ``size`` (indices cycled)."""
+
+    def __init__(self, n: int, size: int, claimed: int, real: int) -> None:
+        self.n, self.size, self.claimed, self.real = n, size, claimed, real
+
+    def __len__(self) -> int:
+        return self.claimed
+
+    def __iter__(self):
+        for b in range(self.real):
+            yield [(b * self.size + i) % self.n for i in range(self.size)]
+
+
+@pytest.mark.parametrize("real, warned", [(4, "fewer"), (9, "more")])
+def test_a_loader_yielding_other_than_its_len_is_warned_and_the_schedule_never_overruns(tmp_path, real, warned):
+    """Issue 12: fewer batches left a 1cycle un-annealed with no warning and no epoch-end checkpoint; more crashed."""
+    base = make_data()
+    data = ModelData(DataLoader(base.trn_dl.dataset, batch_sampler=LyingBatches(96, 16, 6, real)), base.val_dl)
+    learn = Learner(make_model(), data, progress=False, table=False)
+    with pytest.warns(RuntimeWarning, match=f"yielded {warned} batches than its len"):
+        learn.fit_one_cycle(2, 0.1, checkpoint=tmp_path / "c.ckpt")
+    steps = min(real, 6)
+    assert learn.sched.iterations == list(range(2 * steps))
+    assert read_checkpoint(tmp_path / "c.ckpt")["counters"]["epoch"] == 2  # every epoch end was written
+    assert len(learn.sched.val_losses) == 2
+
+
+from clrfit.checkpoint import read_checkpoint  # noqa: E402
+
+
+def test_an_empty_validation_stream_is_a_clear_error_not_a_zero_division():
+    """Issue 12: ZeroDivisionError after a full epoch."""
+    base = make_data()
+    promising = DataLoader(base.val_dl.dataset, batch_sampler=LyingBatches(40, 8, 2, 0))  # len 2, yields nothing
+    learn = Learner(make_model(), ModelData(base.trn_dl, promising), progress=False, table=False)
+    with pytest.raises(ValueError, match="validation loader yielded no samples"):
+        learn.fit(0.1, 1)
+    empty = DataLoader(TensorDataset(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match="val_dl"):  # known from len(): refused before any learner exists
+        ModelData(base.trn_dl, empty)
+
+
+class TwoHeads(nn.Module):
+    """Returns (logits, auxiliary logits), as Inception-style models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.aux = make_model(), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.body(x), self.aux(x)
+
+
+def two_head_loss(pred, y):
+    return nn.functional.cross_entropy(pred[0], y) + 0.3 * nn.functional.cross_entropy(pred[1], y)
+
+
+def accuracy_metric(pred, y):
+    return (pred.argmax(-1) == y).float().mean()
+
+
+def test_a_tuple_output_model_with_a_metric_validates_on_its_first_output():
+    """Issue 12: a tuple-output model with a metric crashed at validation."""
+    learn = make_learner(model=TwoHeads(), crit=two_head_loss, metrics=[accuracy_metric])
+    learn.fit(0.1, 1)
+    x, y = learn.data.val_dl.dataset.tensors
+    with torch.no_grad():
+        learn.model.eval()
+        expected = accuracy_metric(learn.model(x)[0], y).item()
+    assert learn.sched.rec_metrics[0][0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_multi_target_batches_are_weighted_by_samples_not_targets():
+    """Issue 12: with (y1, y2) targets each batch counted as 2 samples; the last, smaller batch was over-weighted."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=g), torch.randint(0, 2, (40,), generator=g)
+    val = DataLoader(TensorDataset(x, y, 1 - y), batch_size=16, collate_fn=lambda b: (
+        torch.stack([s[0] for s in b]), (torch.stack([s[1] for s in b]), torch.stack([s[2] for s in b]))))
+    data = ModelData(make_data().trn_dl, val)
+
+    def crit(pred, targets):
+        return nn.functional.cross_entropy(pred, targets[0], reduction="mean")
+
+    learn = Learner(make_model(), data, crit=crit, progress=False, table=False)
+    loss, _ = learn.validate()
+    with torch.no_grad():
+        learn.model.eval()
+        expected = nn.functional.cross_entropy(learn.model(x), y).item()  # every sample once: 16 + 16 + 8
+    assert loss == pytest.approx(expected, rel=1e-6)
