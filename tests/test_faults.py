@@ -113,7 +113,8 @@ def fit_cases():
             for at in (0, 4):
                 if at == 4 and event in TRAIN_EVENTS:
                     continue  # they fire once: "at" means nothing
-                yield pytest.param(event, fault, at, id=f"{event}-{fault.__name__}-at{at}")
+                marks = [pytest.mark.slow] if at == 4 else []  # the mid-fit cases: in the slow (CI) run
+                yield pytest.param(event, fault, at, id=f"{event}-{fault.__name__}-at{at}", marks=marks)
 
 
 @pytest.mark.parametrize("event, fault, at", list(fit_cases()))
