@@ -22,6 +22,7 @@ key                    contents
 ``epoch_rng_state``    torch CPU RNG state from which that epoch's data order is drawn
 ``rng_states``         torch, CUDA, numpy and python RNG states at that point
 ``loader_generators``  states of the data loaders' own torch generators, if any
+``sampler_states``     ``state_dict()`` of samplers that have one (optional key)
 ``per_rank``           under DDP, for every rank: its RNG and loader generator
                        states and callback states (each rank records its own losses)
 ``callbacks``          ``state_dict()`` of every stateful callback (the recorder's
@@ -33,10 +34,13 @@ key                    contents
 =====================  ==========================================================
 
 When it is written: every ``checkpoint_every`` optimizer steps (if given), at
-the end of every epoch, and once more when Ctrl-C stops the fit. It is written
-atomically (temporary file, fsync, rename), only by rank 0, and never after a
-non-finite loss or with non-finite weights, so the file on disk is always the
-last good state.
+the end of every epoch (one cut short by a cancel included: it is over), and
+once more when Ctrl-C stops the fit. It is written atomically (temporary file,
+fsync, rename), only by rank 0, and never after a non-finite loss or with
+non-finite weights, so the file on disk is always the last good state. From
+the start of the fit to its end the writer holds a lock file next to the
+checkpoint (:class:`clrfit.serialization.FileLock`): a second writer is refused,
+and taking it checks that the folder is writable before the first step.
 
 Resume: ``resume=True`` loads the file in ``on_train_begin`` (a missing file
 starts a fresh fit with a warning, so one command line serves the first run and

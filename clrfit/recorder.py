@@ -6,6 +6,10 @@ optimizer used. Losses are kept on the device and read back in batches
 (every ``flush_every`` = 32 steps on every device, at epoch end, and whenever a
 list is read), so recording adds no per-step host sync; the divergence guard
 checks the losses at those same points (see :mod:`clrfit.checkpoint`).
+
+A step is recorded whole (iteration, lrs, momentums and loss together, at
+``on_batch_end``) or not at all: one cancelled before its loss existed adds
+nothing, so the lists stay aligned and never hold a NaN for a cancelled step.
 """
 from __future__ import annotations
 
