@@ -34,7 +34,7 @@ key                    contents
 =====================  ==========================================================
 
 When it is written: every ``checkpoint_every`` optimizer steps (if given), at
-the end of every epoch (one cut short by a cancel included: it is over), and
+the end of every epoch (one cut short by ``CancelEpochException`` included: it is over), and
 once more when Ctrl-C stops the fit. It is written atomically (temporary file,
 fsync, rename), only by rank 0, and never after a non-finite loss or with
 non-finite weights, so the file on disk is always the last good state. From
@@ -271,9 +271,11 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self) -> None:
         learn = self.learn
-        # An epoch that ended (all its steps, or cut short by a cancel: it is over either way) is saved
-        # as done; one stopped by Ctrl-C is saved where it stopped, by on_train_end.
-        if not learn.interrupted:
+        # An epoch whose steps all ran, or that a CancelEpochException ended (it is over), is saved
+        # as done; one stopped by Ctrl-C or a CancelFitException is left where its last checkpoint is,
+        # so that a resume finishes it.
+        stopped = learn.interrupted or learn.fit_cancelled
+        if not stopped or (not learn.interrupted and learn.batch_index >= learn.steps_per_epoch):
             self._save(learn.epoch + 1, 0, learn.iteration)
 
     def on_train_end(self) -> None:

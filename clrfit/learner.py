@@ -156,6 +156,7 @@ class Learner:
         self.val_metrics: list[float] = []
         self._metrics = self.metrics
         self.interrupted = self._interrupt_requested = False
+        self.fit_cancelled = False  # a CancelFitException is ending the fit (the checkpoint writer asks)
         self.validate_each_epoch = True
 
     # ------------------------------------------------------------------ public fits
@@ -491,7 +492,8 @@ class Learner:
             body()
         except cancels:
             pass
-        except _CANCELS:
+        except _CANCELS as err:
+            self.fit_cancelled = self.fit_cancelled or isinstance(err, CancelFitException)
             if end:
                 self._end(end, cancels)
             raise
