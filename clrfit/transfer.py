@@ -171,9 +171,9 @@ def _keep_eval(module: nn.Module, args: Any) -> None:
 def _rewrap(learn: "Learner") -> None:
     """Under DDP, re-wrap the model: DDP fixes at construction which parameters it reduces."""
     if learn.dist.enabled:
-        learn._wrapped_model = learn.dist.wrap(learn.model, learn.device)
-        learn._compiled_models = {}
-        learn.train_model = learn._wrapped_model
+        learn.runtime.prepare(learn.model)
+        learn.runtime._compiled.clear()  # compiled models would keep the old DDP wrapper
+        learn.train_model, learn.eval_model = learn.runtime.models(None)
 
 
 # ---------------------------------------------------------------------- model structure
