@@ -17,8 +17,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from .distributed import ShardSampler, shard_eval_loader
+from .loaders import TensorLoader
+from .runtime import call_model, move
 from .validation import check_bool, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,9 +41,11 @@ def get_preds(learn: "Learner", dl: "Loader | None" = None, with_loss: bool = Fa
     preds, targets, losses = [], [], []
     with _eval_mode(learn) as model:
         for batch in dl:
-            xb, yb = learn.runtime.to_device(batch)
+            xb, yb = learn.runtime.to_device(batch)  # split as the loop splits it (batch_fn, tuples, dicts)
+            if not isinstance(yb, torch.Tensor):
+                raise TypeError(f"get_preds needs batches whose target is a tensor; got {type(yb).__name__}")
             with learn.precision.autocast():
-                pred = model(xb)
+                pred = call_model(model, xb)
                 loss = per_sample_loss(learn.crit, pred, yb) if with_loss else None
             preds.append(pred.detach().float().cpu())
             targets.append(yb.detach().cpu())
@@ -55,9 +61,12 @@ def predict(learn: "Learner", x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor) and x.ndim == 0:
         raise ValueError(f"predict: x must be a batch (leading sample dimension); got a 0-d tensor {x!r}")
     with _eval_mode(learn) as model:
-        xb, _ = learn.runtime.to_device((x, torch.zeros(0)))
+        if learn.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
+            xb = x.to(learn.device, memory_format=torch.channels_last)
+        else:
+            xb = move(x, learn.device, non_blocking=False)
         with learn.precision.autocast():
-            pred = model(xb)
+            pred = call_model(model, xb)  # a tuple of inputs is model(*x), a dict model(**x)
     return pred.detach().float().cpu()
 
 
@@ -104,9 +113,6 @@ def per_sample_loss(crit: Any, pred: torch.Tensor, target: torch.Tensor) -> torc
 
 
 def _loader(learn: "Learner", dl: Any, name: str) -> Any:
-    from .distributed import ShardSampler, shard_eval_loader
-    from .loaders import TensorLoader
-
     if dl is None:
         dl = learn.data.val_dl
         if dl is None:
@@ -153,8 +159,6 @@ def _gather_in_order(learn: "Learner", tensors: list[torch.Tensor]) -> list[torc
     """Under DDP, every rank's shard (``rank::world_size`` of the dataset) interleaved back into dataset order."""
     if not learn.dist.enabled:
         return tensors
-    import torch.distributed as dist
-
     world = learn.dist.world_size
     shards: list[Any] = [None] * world
     dist.all_gather_object(shards, tensors)
