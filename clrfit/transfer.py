@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from .data import ModelData
 from .validation import check_bool, check_int
@@ -186,6 +185,8 @@ def _rewrap(learn: "Learner") -> None:
 
 def _find_head(model: nn.Module) -> tuple[nn.Module, str, Callable[[nn.Module], tuple[list, list, list]]]:
     """(module holding the last Linear, its attribute or index, the function splitting the model into 3 groups)."""
+    from torchvision import models as tvm  # the caller holds a torchvision model: it is loaded already
+
     if isinstance(model, tvm.ResNet) and isinstance(model.fc, nn.Linear):
         return model, "fc", _split_resnet
     if isinstance(model, tvm.VisionTransformer) and isinstance(getattr(model.heads, "head", None), nn.Linear):

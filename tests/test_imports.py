@@ -27,6 +27,7 @@ ALLOWED_LAZY = {
     ("schedules", "plots"): "matplotlib loads only when a figure is drawn",
     ("plots", "*"): "IPython is looked up only when a figure is shown in a notebook",
     ("callbacks", "torch.utils.tensorboard"): "the optional tensorboard package loads only for a TensorBoardLogger",
+    ("transfer", "torchvision"): "torchvision (seconds to import) loads only to look up a pretrained model's head",
 }
 
 
