@@ -28,6 +28,7 @@ ALLOWED_LAZY = {
     ("plots", "*"): "IPython is looked up only when a figure is shown in a notebook",
     ("callbacks", "torch.utils.tensorboard"): "the optional tensorboard package loads only for a TensorBoardLogger",
     ("transfer", "torchvision"): "torchvision (seconds to import) loads only to look up a pretrained model's head",
+    ("data", "vision"): "torchvision and PIL (seconds to import) load only for ModelData.from_folder / from_csv",
 }
 
 
