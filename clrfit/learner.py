@@ -666,6 +666,8 @@ def _overrides(cb: Callback, event: str) -> bool:
 
 def _plain(value: Any) -> Any:
     """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
+    if hasattr(value, "tolist"):  # numpy and tensor scalars or arrays (the builders accept them too)
+        value = value.tolist()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return tuple(float(v) for v in value)
