@@ -61,6 +61,12 @@ class Learner:
 
     ``learn.recorder`` is the history of the last fit; ``learn.sched`` is the
     recorder of the last fit *or range test* (the fastai 0.7 name, kept as an alias).
+
+    Batches may be ``(x, y)``, ``(x1, ..., xn, y)`` for a model taking n inputs, or a
+    dict passed to the model as keyword arguments (its target under ``labels``);
+    ``batch_fn(batch) -> (inputs, target)`` splits any other kind (inputs: a tensor,
+    a tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``). ``crit`` takes
+    ``(prediction, target)``; ``crit=clrfit.model_loss`` uses a loss the model returns.
     """
 
     epoch = _counter("epoch")
@@ -84,6 +90,7 @@ class Learner:
         path: str | Path = ".",
         progress: bool = True,
         table: bool = True,
+        batch_fn: Callable[[Any], tuple[Any, Any]] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -101,7 +108,7 @@ class Learner:
                 raise TypeError(f"{name} must be callable or None; got {fn!r}")
         _check_metrics(metrics)
         groups = _param_groups(model, layer_groups)
-        self.runtime = runtime = Runtime(model, device, precision_name)
+        self.runtime = runtime = Runtime(model, device, precision_name, batch_fn)
         self.dist, self.device, self.precision = runtime.dist, runtime.device, runtime.precision
         self.channels_last = runtime.channels_last
         self.model = runtime.place(model)
