@@ -251,10 +251,10 @@ class Learner:
 
         Args:
             epochs: number of epochs, integer >= 1.
-            base_lr: lower lr bound, one value or one per layer group (> 0).
-            max_lr: upper lr bound, one value or one per layer group (>= base_lr).
+            base_lr: lower lr bound, one value or one per layer group (>= 0; 0 is allowed, as in torch).
+            max_lr: upper lr bound, one value or one per layer group (>= 0; normally >= base_lr).
             step_size_up: optimizer steps from base_lr up to max_lr (> 0).
-            step_size_down: steps back down (> 0); None: equal to step_size_up.
+            step_size_down: steps back down (>= 0; 0 makes a sawtooth); None: equal to step_size_up.
             mode: "triangular", "triangular2" (amplitude halves each cycle) or "exp_range" (scaled by gamma**t).
             gamma: decay base of "exp_range" (> 0).
             scale_fn: custom amplitude ``f(x) -> float`` in [0, 1] replacing mode; x per scale_mode.
@@ -322,7 +322,7 @@ class Learner:
 
         Args:
             epochs: number of epochs, integer >= 1 (total steps = epochs * steps_per_epoch).
-            max_lr: peak lr, one value or one per layer group (> 0).
+            max_lr: peak lr, one value or one per layer group (>= 0, as in torch).
             pct_start: fraction of the steps spent increasing the lr, in (0, 1).
             anneal_strategy: "cos" or "linear" annealing.
             cycle_momentum: True cycles momentum inversely to lr between base_momentum and max_momentum.
@@ -704,6 +704,8 @@ def _overrides(cb: Callback, event: str) -> bool:
 
 def _plain(value: Any) -> Any:
     """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
+    if hasattr(value, "tolist"):  # numpy and tensor scalars or arrays (the builders accept them too)
+        value = value.tolist()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return tuple(float(v) for v in value)
