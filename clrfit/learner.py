@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import schedules
+from . import inference, schedules, transfer
 from .callback import (
     EVENTS,
     Callback,
@@ -64,6 +64,12 @@ class Learner:
 
     ``learn.recorder`` is the history of the last fit; ``learn.sched`` is the
     recorder of the last fit *or range test* (the fastai 0.7 name, kept as an alias).
+
+    Batches may be ``(x, y)``, ``(x1, ..., xn, y)`` for a model taking n inputs, or a
+    dict passed to the model as keyword arguments (its target under ``labels``);
+    ``batch_fn(batch) -> (inputs, target)`` splits any other kind (inputs: a tensor,
+    a tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``). ``crit`` takes
+    ``(prediction, target)``; ``crit=clrfit.model_loss`` uses a loss the model returns.
     """
 
     epoch = _counter("epoch")
@@ -87,6 +93,7 @@ class Learner:
         path: str | Path = ".",
         progress: bool = True,
         table: bool = True,
+        batch_fn: Callable[[Any], tuple[Any, Any]] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -104,7 +111,7 @@ class Learner:
                 raise TypeError(f"{name} must be callable or None; got {fn!r}")
         _check_metrics(metrics)
         groups = _param_groups(model, layer_groups)
-        self.runtime = runtime = Runtime(model, device, precision_name)
+        self.runtime = runtime = Runtime(model, device, precision_name, batch_fn)
         self.dist, self.device, self.precision = runtime.dist, runtime.device, runtime.precision
         self.channels_last = runtime.channels_last
         self.model = runtime.place(model)
@@ -250,10 +257,10 @@ class Learner:
 
         Args:
             epochs: number of epochs, integer >= 1.
-            base_lr: lower lr bound, one value or one per layer group (> 0).
-            max_lr: upper lr bound, one value or one per layer group (>= base_lr).
+            base_lr: lower lr bound, one value or one per layer group (>= 0; 0 is allowed, as in torch).
+            max_lr: upper lr bound, one value or one per layer group (>= 0; normally >= base_lr).
             step_size_up: optimizer steps from base_lr up to max_lr (> 0).
-            step_size_down: steps back down (> 0); None: equal to step_size_up.
+            step_size_down: steps back down (>= 0; 0 makes a sawtooth); None: equal to step_size_up.
             mode: "triangular", "triangular2" (amplitude halves each cycle) or "exp_range" (scaled by gamma**t).
             gamma: decay base of "exp_range" (> 0).
             scale_fn: custom amplitude ``f(x) -> float`` in [0, 1] replacing mode; x per scale_mode.
@@ -322,7 +329,7 @@ class Learner:
 
         Args:
             epochs: number of epochs, integer >= 1 (total steps = epochs * steps_per_epoch).
-            max_lr: peak lr, one value or one per layer group (> 0).
+            max_lr: peak lr, one value or one per layer group (>= 0, as in torch).
             pct_start: fraction of the steps spent increasing the lr, in (0, 1).
             anneal_strategy: "cos" or "linear" annealing.
             cycle_momentum: True cycles momentum inversely to lr between base_momentum and max_momentum.
@@ -670,6 +677,37 @@ class Learner:
         return (f"Learner(model={type(self.model).__name__}, data={self.data!r}, opt={type(self.opt).__name__}, "
                 f"groups={self.n_groups}, device={self.device}, precision={self.precision.name})")
 
+    # ------------------------------------------------------------------ transfer learning and predictions
+    # One-line delegations: the logic lives in clrfit/transfer.py and clrfit/inference.py.
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, data: ModelData, n_classes: int | None = None, **kwargs: Any) -> "Learner":
+        """A learner over a torchvision classifier with a new ``n_classes`` head and 3 layer groups (:mod:`clrfit.transfer`)."""
+        return cls(model, data, layer_groups=transfer.pretrained_layer_groups(model, data, n_classes, kwargs), **kwargs)
+
+    def freeze_to(self, n: int, bn_freeze: bool = False) -> None:
+        """Freeze layer groups ``0 .. n-1``; ``bn_freeze=True`` keeps their BatchNorm layers in eval mode."""
+        transfer.freeze_to(self, n, bn_freeze=bn_freeze)
+
+    def freeze(self, bn_freeze: bool = False) -> None:
+        """Freeze every layer group but the last (the head)."""
+        transfer.freeze(self, bn_freeze=bn_freeze)
+
+    def unfreeze(self) -> None:
+        """Make every layer group trainable."""
+        transfer.unfreeze(self)
+
+    def get_preds(self, dl: Any = None, with_loss: bool = False) -> tuple[torch.Tensor, ...]:
+        """``(preds, targets)`` (and per-sample losses) over a loader ``dl``, default the validation set, in dataset order."""
+        return inference.get_preds(self, dl=dl, with_loss=with_loss)
+
+    def predict(self, x: Any) -> torch.Tensor:
+        """The model's outputs for one batch of inputs, in eval mode without gradients."""
+        return inference.predict(self, x)
+
+    def tta(self, n: int = 4, dl: Any = None, aug_dl: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test-time augmentation (fastai 0.7's TTA): ``(class probabilities, targets)``."""
+        return inference.tta(self, n=n, dl=dl, aug_dl=aug_dl)
+
 
 # ---------------------------------------------------------------------- helpers
 
@@ -803,6 +841,8 @@ def _overrides(cb: Callback, event: str) -> bool:
 
 def _plain(value: Any) -> Any:
     """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
+    if hasattr(value, "tolist"):  # numpy and tensor scalars or arrays (the builders accept them too)
+        value = value.tolist()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0:  # numpy and 0-d torch scalars

@@ -31,7 +31,11 @@ NO_CONTEXT = contextlib.nullcontext()
 class Runtime:
     """Device, precision and process group of one learner, and the step primitives that depend on them."""
 
-    def __init__(self, model: nn.Module, device: str | torch.device | None, precision: str) -> None:
+    def __init__(self, model: nn.Module, device: str | torch.device | None, precision: str,
+                 batch_fn: Callable[[Any], tuple[Any, Any]] | None = None) -> None:
+        if batch_fn is not None and not callable(batch_fn):
+            raise TypeError(f"batch_fn must be a callable batch -> (inputs, target), or None; got {batch_fn!r}")
+        self.split = split_batch if batch_fn is None else _checked(batch_fn)
         self.dist: DistributedContext = from_environment()
         self.device = resolve_device(device, self.dist.local_rank)
         self.channels_last = uses_channels_last(model, self.device)
@@ -66,8 +70,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ batches
     def to_device(self, batch: Any) -> tuple[Any, Any]:
-        """``(xb, yb)`` of a batch on the device; nested tuples, lists and dicts are moved leaf by leaf."""
-        xb, yb = batch[0], batch[1]
+        """``(inputs, target)`` of a batch on the device; nested tuples, lists and dicts are moved leaf by leaf.
+
+        The batch is split by :func:`split_batch` (or the learner's ``batch_fn``).
+        """
+        xb, yb = self.split(batch)
         if self.channels_last and isinstance(xb, torch.Tensor) and xb.ndim == 4:
             return (xb.to(self.device, non_blocking=self._non_blocking, memory_format=torch.channels_last),
                     move(yb, self.device, self._non_blocking))
@@ -85,10 +92,10 @@ class Runtime:
     def forward(self, model: nn.Module, xb: Any, yb: Any, crit: Callable) -> tuple[Any, torch.Tensor]:
         """``(prediction, loss)``, under autocast when the precision is fp16 or bf16."""
         if self._autocast_dtype is None:
-            pred = model(xb)
+            pred = model(xb) if type(xb) is torch.Tensor else call_model(model, xb)
             return pred, crit(pred, yb)
         with torch.autocast(self.device.type, dtype=self._autocast_dtype):
-            pred = model(xb)
+            pred = call_model(model, xb)
             return pred, crit(pred, yb)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -105,35 +112,19 @@ class Runtime:
 
         ``n`` is the number of samples (the leading size of the first target tensor, or
         of the input), not the number of targets of a multi-target batch. Metrics get
-        the prediction, or its first element when the model returns a tuple or list.
+        what the loss gets: a tuple-output model's metrics receive the tuple.
         """
         xb, yb = self.to_device(batch)
         pred, loss = self.forward(model, xb, yb, crit)
-        n = float(batch_size(yb, xb))
+        n = float(batch_size(xb, yb))
         values = [loss.detach().double().reshape(()) * n, torch.full((), n, device=self.device, dtype=torch.float64)]
         if metrics:
-            main = pred[0] if isinstance(pred, (tuple, list)) else pred
-            main = main.float() if isinstance(main, torch.Tensor) else main
-            values += [torch.as_tensor(m(main, yb), device=self.device).double().reshape(()) * n for m in metrics]
+            out = pred.float() if isinstance(pred, torch.Tensor) else pred  # metrics receive what the loss receives
+            values += [torch.as_tensor(m(out, yb), device=self.device).double().reshape(()) * n for m in metrics]
         return torch.stack(values)
 
     def __repr__(self) -> str:
         return f"Runtime(device={self.device}, precision={self.precision.name!r}, world_size={self.dist.world_size})"
-
-
-def batch_size(yb: Any, xb: Any = None) -> int:
-    """Samples in a batch: the leading size of the first tensor in ``yb`` (nested tuples, lists, dicts), else of ``xb``."""
-    for part in (yb, xb):
-        stack = [part]
-        while stack:
-            item = stack.pop(0)
-            if isinstance(item, torch.Tensor):
-                return int(item.shape[0]) if item.ndim else 1
-            if isinstance(item, (tuple, list)):
-                stack = list(item) + stack
-            elif isinstance(item, dict):
-                stack = list(item.values()) + stack
-    return len(yb)
 
 
 def resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:
@@ -154,6 +145,71 @@ def resolve_device(device: str | torch.device | None, local_rank: int) -> torch.
         if resolved.index is not None and resolved.index >= count:
             raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return resolved
+
+
+_TARGET_KEYS = ("labels", "label", "target", "targets", "y")
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, target)`` of a batch: ``(x, y)``; ``(x1, ..., xn, y)`` -> ``((x1, ..., xn), y)``; a dict -> (the dict, its labels).
+
+    A dict batch is passed whole to the model as keyword arguments (so a model that
+    computes its own loss from ``labels`` gets them); its target is the value of the
+    first of the keys ``labels``, ``label``, ``target``, ``targets``, ``y`` that it
+    has, or None. Anything else needs a ``batch_fn``.
+    """
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1]
+        if len(batch) > 2:
+            return tuple(batch[:-1]), batch[-1]
+    elif isinstance(batch, dict):
+        return batch, next((batch[k] for k in _TARGET_KEYS if k in batch), None)
+    what = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+    raise TypeError(
+        f"batch: got {what}; a batch must be a tuple or list (x, y) or (x1, ..., xn, y), or a dict "
+        f"(with the target under one of {', '.join(_TARGET_KEYS)}); pass batch_fn=lambda batch: (inputs, target) to split others"
+    )
+
+
+def _checked(batch_fn: Callable[[Any], tuple[Any, Any]]) -> Callable[[Any], tuple[Any, Any]]:
+    """``batch_fn`` with its result checked to be a pair ``(inputs, target)``."""
+    def split(batch: Any) -> tuple[Any, Any]:
+        out = batch_fn(batch)
+        if not isinstance(out, tuple) or len(out) != 2:
+            got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else f"a {type(out).__name__}"
+            raise TypeError(f"batch_fn must return a pair (inputs, target); got {got} from {batch_fn!r}")
+        return out
+    return split
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``; a tuple or list of inputs is passed as ``model(*inputs)``, a dict as ``model(**inputs)``."""
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(inputs)
+
+
+def batch_size(inputs: Any, target: Any) -> int:
+    """Number of samples in a batch: the leading size of the first tensor of the target, else of the inputs."""
+    for part in (target, inputs):
+        t = _first_tensor(part)
+        if t is not None and t.ndim > 0:
+            return t.shape[0]
+    raise TypeError("batch: found no tensor with a leading sample dimension in the inputs or the target")
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else ()
+    for v in values:
+        t = _first_tensor(v)
+        if t is not None:
+            return t
+    return None
 
 
 def move(x: Any, device: torch.device, non_blocking: bool) -> Any:

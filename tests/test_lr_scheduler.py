@@ -320,18 +320,25 @@ def test_swalr_takes_over_like_after_torchs_own():
 
 
 def test_builders_take_exactly_the_learners_schedule_arguments():
-    def params(fn, skip):
-        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values() if p.name not in skip]
+    def schedule_params(fn, spec):
+        """``fn``'s parameters that belong to ``spec`` (the fits also take training options), in order."""
+        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values() if p.name in spec.names]
 
-    fit_names = [p.name for p in inspect.signature(Learner.fit).parameters.values()]
-    assert [n for n in fit_names if n in schedules.FIT.names] == list(schedules.FIT.names)
-    learner_fit = {p.name: p.default for p in inspect.signature(Learner.fit).parameters.values()}
-    assert all(learner_fit[p.name] == p.default for p in schedules.FIT.parameters)
-    skip = {"self", "optimizer", "steps_per_epoch", "after_end", "options"}
-    assert params(ScheduleLR.from_fit, skip) == [(p.name, p.default) for p in schedules.FIT.parameters]
-    assert params(ScheduleLR.from_cyclic, skip) == params(Learner.fit_cyclic, skip)
-    assert params(ScheduleLR.from_one_cycle, skip) == params(Learner.fit_one_cycle, skip)
-    assert params(Learner.fit_cyclic, skip)[1:] == [(p.name, p.default) for p in schedules.CYCLIC.parameters]
+    def spec_params(spec):
+        return [(p.name, p.default) for p in spec.parameters]
+
+    for method, builder, spec in [(Learner.fit, ScheduleLR.from_fit, schedules.FIT),
+                                  (Learner.fit_cyclic, ScheduleLR.from_cyclic, schedules.CYCLIC),
+                                  (Learner.fit_one_cycle, ScheduleLR.from_one_cycle, schedules.ONE_CYCLE)]:
+        assert schedule_params(method, spec) == spec_params(spec), method.__name__
+        assert schedule_params(builder, spec) == spec_params(spec), builder.__name__
+    # the builders take nothing else but the optimizer, epochs, steps_per_epoch and after_end
+    for builder, spec, lead in [(ScheduleLR.from_fit, schedules.FIT, ["optimizer"]),
+                                (ScheduleLR.from_cyclic, schedules.CYCLIC, ["optimizer", "epochs"]),
+                                (ScheduleLR.from_one_cycle, schedules.ONE_CYCLE, ["optimizer", "epochs"])]:
+        assert list(inspect.signature(builder).parameters) == [*lead, *spec.names, "steps_per_epoch", "after_end"]
+    for name in ("fit_cyclic", "fit_one_cycle"):
+        assert list(inspect.signature(getattr(Learner, name)).parameters)[1] == "epochs"
     torch_cyclic = inspect.signature(torch.optim.lr_scheduler.CyclicLR).parameters
     for p in schedules.CYCLIC.parameters:
         assert torch_cyclic[p.name].default == p.default or p.default is inspect.Parameter.empty, p.name
