@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from . import inference, schedules, transfer
+from . import inference, schedules, threads, transfer
 from .callback import (
     EVENTS,
     Callback,
@@ -127,6 +128,7 @@ class Learner:
         self.recorder = Recorder()
         self.sched: Recorder = self.recorder
         self._reset_counters()
+        _warn_if_oversubscribed(self.model, self.device)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -711,3 +713,16 @@ def _plain(value: Any) -> Any:
     return tuple(float(v) for v in value)
 
 
+_warned_threads = False
+
+
+def _warn_if_oversubscribed(model: nn.Module, device: torch.device) -> None:
+    """Once per process: warn when torch's CPU threads exceed the free cores (docs/threads.md)."""
+    global _warned_threads
+    if _warned_threads:
+        return
+    n_parameters = sum(p.numel() for p in model.parameters())
+    message = threads.oversubscription(torch.get_num_threads(), n_parameters, device.type)
+    if message is not None:
+        _warned_threads = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
