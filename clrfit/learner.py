@@ -68,6 +68,24 @@ class Learner:
     ``batch_fn(batch) -> (inputs, target)`` splits any other kind (inputs: a tensor,
     a tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``). ``crit`` takes
     ``(prediction, target)``; ``crit=clrfit.model_loss`` uses a loss the model returns.
+
+    Args:
+        model: the ``torch.nn.Module`` to train, with at least one trainable parameter; moved to ``device``.
+        data: a :class:`clrfit.ModelData` (training loader, validation loader or None).
+        opt_fn: ``opt_fn(param_groups, lr=...) -> torch.optim.Optimizer``; default SGD with momentum 0.9.
+        crit: the loss, ``crit(prediction, target) -> 0-d tensor``; default ``nn.CrossEntropyLoss()``.
+        metrics: functions ``metric(prediction, target) -> 0-d tensor`` shown after each epoch (a list).
+        layer_groups: a list of modules or parameter lists, one optimizer param group each (disjoint);
+            default: one group of all trainable parameters.
+        callbacks: :class:`clrfit.Callback` instances used in every fit (a list).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; default this rank's GPU if there is one, else the CPU.
+        fp16: True for fp16 mixed precision (same as ``precision="fp16"``).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; default fp32 (or fp16 when ``fp16=True``).
+        path: folder under which ``learn.save(name)`` writes ``models/<name>.pt``.
+        progress: show progress bars during fits (True or False).
+        table: print the epoch table after each epoch and the range test's suggestions (True or False).
+        batch_fn: ``batch_fn(batch) -> (inputs, target)`` for batches that are not ``(x, y)``,
+            ``(x1, ..., xn, y)`` or a dict; None splits those three kinds.
     """
 
     epoch = _counter("epoch")
