@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import inference, schedules, transfer
+from . import inference, schedules, threads, transfer
 from .callback import (
     EVENTS,
     Callback,
@@ -70,6 +70,24 @@ class Learner:
     ``batch_fn(batch) -> (inputs, target)`` splits any other kind (inputs: a tensor,
     a tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``). ``crit`` takes
     ``(prediction, target)``; ``crit=clrfit.model_loss`` uses a loss the model returns.
+
+    Args:
+        model: the ``torch.nn.Module`` to train, with at least one trainable parameter; moved to ``device``.
+        data: a :class:`clrfit.ModelData` (training loader, validation loader or None).
+        opt_fn: ``opt_fn(param_groups, lr=...) -> torch.optim.Optimizer``; default SGD with momentum 0.9.
+        crit: the loss, ``crit(prediction, target) -> 0-d tensor``; default ``nn.CrossEntropyLoss()``.
+        metrics: functions ``metric(prediction, target) -> 0-d tensor`` shown after each epoch (a list).
+        layer_groups: a list of modules or parameter lists, one optimizer param group each (disjoint);
+            default: one group of all trainable parameters.
+        callbacks: :class:`clrfit.Callback` instances used in every fit (a list).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; default this rank's GPU if there is one, else the CPU.
+        fp16: True for fp16 mixed precision (same as ``precision="fp16"``).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; default fp32 (or fp16 when ``fp16=True``).
+        path: folder under which ``learn.save(name)`` writes ``models/<name>.pt``.
+        progress: show progress bars during fits (True or False).
+        table: print the epoch table after each epoch and the range test's suggestions (True or False).
+        batch_fn: ``batch_fn(batch) -> (inputs, target)`` for batches that are not ``(x, y)``,
+            ``(x1, ..., xn, y)`` or a dict; None splits those three kinds.
     """
 
     epoch = _counter("epoch")
@@ -131,6 +149,7 @@ class Learner:
         self.sched: Recorder = self.recorder
         self._running = False
         self._reset_counters()
+        _warn_if_oversubscribed(self.model, self.device)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -850,3 +869,16 @@ def _plain(value: Any) -> Any:
     return tuple(float(v) for v in value)
 
 
+_warned_threads = False
+
+
+def _warn_if_oversubscribed(model: nn.Module, device: torch.device) -> None:
+    """Once per process: warn when torch's CPU threads exceed the free cores (docs/threads.md)."""
+    global _warned_threads
+    if _warned_threads:
+        return
+    n_parameters = sum(p.numel() for p in model.parameters())
+    message = threads.oversubscription(torch.get_num_threads(), n_parameters, device.type)
+    if message is not None:
+        _warned_threads = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

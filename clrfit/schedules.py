@@ -1020,6 +1020,16 @@ def preview(
     ``fit_cyclic``'s keyword arguments and ``one_cycle`` those of ``fit_one_cycle``; for
     them ``iterations`` is one epoch and ``epochs`` (default 1) sets the length. Their
     learning rates come from the dict, so ``lr`` must then stay at its default.
+
+    Args:
+        iterations: iterations in one cycle (or one epoch for ``cyclic`` / ``one_cycle``), an integer >= 1.
+        lr: the peak learning rate (> 0), or one per layer group.
+        use_clr: ``(div, cut_div)`` or ``(div, cut_div, max_mom, min_mom)``, as in ``fit``.
+        use_clr_beta: ``(div, pct)`` or ``(div, pct, max_mom, min_mom)``, as in ``fit``.
+        cycle_mult: SGDR's cycle length multiplier (an integer >= 1).
+        n_cycle: the number of cycles (an integer >= 1).
+        cyclic: ``fit_cyclic``'s keyword arguments (a dict, ``epochs`` optional), or None.
+        one_cycle: ``fit_one_cycle``'s keyword arguments (a dict, ``epochs`` optional), or None.
     """
     iterations = _integer("iterations", iterations, minimum=1)
     if cyclic is not None and one_cycle is not None:

@@ -389,7 +389,7 @@ def lrs_of(opt):
      ["after_end", "'raise', 'hold'", "'wrap'"]),
     (lambda o: ScheduleLR.from_fit(o, 0.1, 1, steps_per_epoch=0), ValueError, ["steps_per_epoch", ">= 1", "0"]),
     (lambda o: ScheduleLR.from_fit(o, 0.1, 1), TypeError, ["from_fit", "steps_per_epoch"]),
-    (lambda o: ScheduleLR.from_fit(o, lr=0.1, n_cycle=1, steps_per_epoch=5), TypeError, ["from_fit", "unknown argument(s) 'lr'", "lrs"]),
+    (lambda o: ScheduleLR.from_fit(o, lr=0.1, lrs=0.1, n_cycle=1, steps_per_epoch=5), TypeError, ["from_fit", "lrs=", "lr=", "not both"]),
     (lambda o: ScheduleLR.from_fit(o, [0.1, 0.2, 0.3], 1, steps_per_epoch=5), ValueError, ["lrs", "3 values"]),
     (lambda o: ScheduleLR.from_cyclic(o, 1, 0.01, 0.1, mode="saw", steps_per_epoch=5), ValueError, ["mode", "'saw'"]),
     (lambda o: ScheduleLR.from_one_cycle(o, 0, 0.1, steps_per_epoch=5), ValueError, ["epochs", ">= 1"]),
@@ -440,3 +440,13 @@ def test_tensor_lr_groups_are_filled_in_place():
     run_plain_loop(opt, sched, 3)
     assert opt.param_groups[0]["lr"] is lr_tensor and lr_tensor.item() == pytest.approx(sched.schedule(3)[0][0])
     assert opt.param_groups[0]["betas"][0] == sched.schedule(3)[1][0]
+
+
+def test_the_issue_example_with_lr_equals_lrs():
+    """``from_fit(opt, steps_per_epoch=..., lr=0.8, ...)`` as users write it: ``lr`` is an alias of ``lrs``."""
+    a, b = twin_optimizer(sgd, 1), twin_optimizer(sgd, 1)
+    one = ScheduleLR.from_fit(a, steps_per_epoch=7, lr=0.8, n_cycle=1, cycle_len=10, use_clr_beta=(10, 13.68, 0.95, 0.85))
+    two = ScheduleLR.from_fit(b, 0.8, 1, cycle_len=10, use_clr_beta=(10, 13.68, 0.95, 0.85), steps_per_epoch=7)
+    for _ in range(70):
+        assert lrs_of(a) == lrs_of(b) and [g["momentum"] for g in a.param_groups] == [g["momentum"] for g in b.param_groups]
+        a.step(); b.step(); one.step(); two.step()
