@@ -32,9 +32,9 @@ minimum ``s_min``:
   of the fall is done to where ``VALLEY_TO`` is done.
 - ``clr_bounds``: Smith's rule. ``base_lr`` where ``BASE_FRACTION`` of the fall
   is done, ``max_lr`` where ``TOP_FRACTION`` is done or, if earlier, the best
-  point before the loss turns ragged (rises more than ``RAGGED_FRACTION`` of the
-  fall, and 5 x the smoothed level's noise, above its lowest value so far, and does
-  not get back down within ``RAGGED_SPAN`` decade). ``div < MIN_DIV`` or ``> MAX_DIV`` comes
+  point before the loss turns ragged: once half the fall is done, it rises more
+  than ``RAGGED_FRACTION`` of the fall (and 5 x the smoothed level's noise) above
+  its lowest value so far and does not get back down within ``RAGGED_SPAN`` decade. ``div < MIN_DIV`` or ``> MAX_DIV`` comes
   with a note.
 
 Level crossings are interpolated linearly between points. Each suggestion also
@@ -570,21 +570,24 @@ class _Curve:
         else:  # the fitted slope never turns negative although the level falls: use the middle of the fall
             x_steep = crossing(0.5)[0]
 
-        # clr_bounds: stop early where the descent turns ragged, i.e. rises and stays up for RAGGED_SPAN decade
+        # clr_bounds: stop early where the descent turns ragged, i.e. rises and stays up for RAGGED_SPAN decade.
+        # Only once half the fall is done: a wobble early on, followed by most of the fall, is not the top.
         j_base = crossing(BASE_FRACTION)[1]
-        stretch = s[j_base: j_top + 1]
+        j_half = i_top + int(np.argmax(s[i_top: i_min + 1] <= level - fall / 2))
+        j_from = max(j_base, j_half)
+        stretch = s[j_from: j_top + 1]
         low = np.minimum.accumulate(stretch)
         ragged = max(RAGGED_FRACTION * fall, RAGGED_NOISE * self.level_noise)  # noise alone must not trip it
         notes: dict[str, str] = {}
         turn = None
         for r in np.nonzero(stretch > low + ragged)[0]:
-            k = j_base + int(r)
+            k = j_from + int(r)
             later = (x > x[k]) & (x <= x[k] + RAGGED_SPAN)
             if not np.any(later & (s <= low[r])):
                 turn = k
                 break
         if turn is not None:
-            x_top = float(x[j_base + int(np.argmin(s[j_base:turn]))]) if turn > j_base else x_base
+            x_top = float(x[j_from + int(np.argmin(s[j_from:turn]))]) if turn > j_from else x_base
         if i_min == self.n - 1 and not self.cut:
             notes["minimum"] = (f"the loss is still falling at the last lr ({self.lr[-1]:.3g}): the minimum may lie "
                                 "beyond the sweep; sweep to a higher end_lr")

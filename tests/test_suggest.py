@@ -93,15 +93,25 @@ def test_clr_bounds_follow_smiths_rule_on_the_dip():
 
 
 def test_clr_max_stops_where_the_curve_turns_ragged():
-    # straight descent from 1e-4 (fall 3 in all); at 1e-2 the loss jumps up by 1/6 of the fall and stays up for
-    # 0.8 decade before falling on: ragged, so max_lr is the best point before the jump, not 90% of the fall
-    y = np.where(X < -4, 3.0, 3.0 - (X + 4) * 0.75)
-    y = np.where(X >= -2, 1.5 + 0.5, y)
-    y = np.where(X >= -1.2, 2.0 - (X + 1.2) * 2.5, y)
-    y = np.where(X >= -0.4, 0.0 + (X + 0.4) * 3, y)
+    # from 3 at 1e-4 down 1 per decade to 1.0 at 1e-2 (2/3 of the fall of 3), then a jump to 1.6 that stays for
+    # 0.8 decade before the loss falls on to 0: ragged, so max_lr is the best point before the jump
+    y = np.where(X < -4, 3.0, 3.0 - (X + 4))
+    y = np.where(X >= -2, 1.6, y)
+    y = np.where(X >= -1.2, 1.6 - (X + 1.2) * 2.5, y)
+    y = np.where(X >= -0.56, (X + 0.56) * 3, y)
     b = suggest_clr_bounds(LRS, y, n_skip=0)
-    assert -2.3 <= math.log10(b.max_lr) <= -1.95
-    assert decades(b.base_lr, 10 ** (-4 + 3 * BASE_FRACTION / 0.75)) <= STEP
+    assert -2.25 <= math.log10(b.max_lr) <= -1.95, b
+    assert decades(b.base_lr, 10 ** (-4 + 3 * BASE_FRACTION)) <= STEP
+
+
+def test_an_early_wobble_followed_by_most_of_the_fall_is_not_ragged():
+    # a sag of 0.8 and a rise back that stays up for a decade, then the real descent of 3.2
+    y = np.where(X < -4, 4.0, 4.0 - 0.8 * (X + 4))
+    y = np.where(X >= -3, 3.2 + 0.6 * np.minimum(X + 3, 1), y)
+    y = np.where(X >= -2, 3.8 - 1.6 * (X + 2), y)
+    y = np.where(X >= -0.5, 1.4 + 10 * (X + 0.5), y)
+    b = suggest_clr_bounds(LRS, y, n_skip=0)
+    assert math.log10(b.max_lr) > -1.0  # near 90% of the whole fall, not at the wobble (-3)
 
 
 def test_a_short_bump_that_the_loss_recovers_from_is_not_ragged():
