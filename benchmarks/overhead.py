@@ -8,7 +8,15 @@ of the per-pair wall-time ratios learner / raw (target: <= 1.05 on CPU), the
 same for process CPU time (steadier when other jobs share the cores), and
 whether both ended with identical weights (they should: the work is the same).
 
+``--interleaved``: one process, one model per loop built once, and ``--rounds``
+rounds that each run one short fit through both loops, alternating which goes
+first. Prints the median microseconds per optimizer step of each loop, the
+difference (the framework's cost per step) and the median of the per-round
+ratios. ``--model mlp`` is a 40-32-10 MLP, where framework cost dominates;
+``--model cnn`` the MNIST-1D CNN.
+
     python benchmarks/overhead.py [--runs 7] [--epochs 5]
+    python benchmarks/overhead.py --interleaved --model mlp --rounds 41 --threads 1
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ LR, DIV, PCT, MAX_MOM, MIN_MOM = 0.5, 10.0, 10.0, 0.95, 0.85
 
 
 def one_cycle(t: int, n: int) -> tuple[float, float]:
-    """1cycle lr and momentum at step t of n (SCHEDULES.md), written out by hand for the raw loop."""
+    """1cycle lr and momentum at step t of n (docs/schedules.md), written out by hand for the raw loop."""
     c = int(n * (1 - PCT / 100) / 2)
     if t > 2 * c:
         return LR * (1 - 0.99 * (t - 2 * c) / (n - 2 * c)) / DIV, MAX_MOM
@@ -69,6 +77,11 @@ def raw_fit(model: nn.Module, data, epochs: int) -> list[float]:
     return accs
 
 
+def mlp() -> nn.Module:
+    """The 40-32-10 MLP on MNIST-1D's 40 inputs (framework cost dominates its step)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
 def learner_fit(model: nn.Module, data, epochs: int) -> list[float]:
     """The same training through clrfit (progress bar and table off)."""
     learn = Learner(model, data, metrics=[accuracy], progress=False, table=False)
@@ -86,6 +99,49 @@ def timed(fn, init_state: dict, data, epochs: int, seed: int) -> tuple[float, fl
     return time.perf_counter() - start, time.process_time() - cpu_start, model, accs
 
 
+def interleaved(args: argparse.Namespace) -> None:
+    """In one process, alternate a hand-written fit and ``learn.fit`` round by round; print us/step and ratios."""
+    torch.manual_seed(0)
+    data = mnist1d(bs=args.bs)
+    build = mlp if args.model == "mlp" else mnist1d_cnn
+    raw_model, learn_model = build(), build()
+    learn_model.load_state_dict(raw_model.state_dict())
+    learn = Learner(learn_model, data, metrics=[accuracy], progress=False, table=False)
+    steps = args.epochs * len(data.trn_dl)
+
+    def run_learner() -> None:
+        learn.fit(LR, 1, cycle_len=args.epochs, use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM))
+
+    def run_raw() -> None:
+        raw_fit(raw_model, data, args.epochs)
+
+    loops = {"learner": run_learner, "raw": run_raw}
+    for fn in loops.values():  # warm-up (allocator, kernels) outside the measurement
+        fn()
+    times: dict[str, list[float]] = {"learner": [], "raw": []}
+    cpu: dict[str, list[float]] = {"learner": [], "raw": []}
+    ratios, cpu_ratios = [], []
+    for r in range(args.rounds):
+        order = ["learner", "raw"] if r % 2 == 0 else ["raw", "learner"]
+        for name in order:
+            torch.manual_seed(r)  # same shuffling order for both loops
+            start, cpu_start = time.perf_counter(), time.process_time()
+            loops[name]()
+            times[name].append((time.perf_counter() - start) / steps * 1e6)
+            cpu[name].append((time.process_time() - cpu_start) / steps * 1e6)
+        ratios.append(times["learner"][-1] / times["raw"][-1])
+        cpu_ratios.append(cpu["learner"][-1] / cpu["raw"][-1])
+    learner_us, raw_us = statistics.median(times["learner"]), statistics.median(times["raw"])
+    learner_cpu, raw_cpu = statistics.median(cpu["learner"]), statistics.median(cpu["raw"])
+    print(f"interleaved: model {args.model}, {args.rounds} rounds x {args.epochs} epochs ({steps} steps + "
+          f"validation each epoch), bs {args.bs}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"median us/step: learner {learner_us:.1f}, raw {raw_us:.1f}")
+    print(f"overhead us/step (median learner - median raw): {learner_us - raw_us:.1f}")
+    print(f"median CPU us/step: learner {learner_cpu:.1f}, raw {raw_cpu:.1f}; overhead {learner_cpu - raw_cpu:.1f}; "
+          f"median CPU-time ratio {statistics.median(cpu_ratios):.3f} (steadier on a shared machine)")
+    print(f"median ratio learner/raw: {statistics.median(ratios):.3f}")
+
+
 def main() -> None:
     """Alternate learner and raw runs; print the times and the median ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,9 +149,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs per run (default 5)")
     parser.add_argument("--bs", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
+    parser.add_argument("--interleaved", action="store_true", help="in-process interleaved rounds (see above)")
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="cnn", help="--interleaved: which model")
+    parser.add_argument("--rounds", type=int, default=41, help="--interleaved: rounds (default 41)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.interleaved:
+        interleaved(args)
+        return
     torch.manual_seed(0)
     data = mnist1d(bs=args.bs)
     init_state = copy.deepcopy(mnist1d_cnn().state_dict())

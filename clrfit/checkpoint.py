@@ -1,7 +1,10 @@
-"""Checkpoints, exact resume and divergence handling: one callback, :class:`Checkpoint`.
+"""Checkpoints and exact resume (:class:`Checkpoint`), and the divergence guard (:class:`DivergenceGuard`).
 
 ``fit(..., checkpoint=PATH, checkpoint_every=K, resume=True, on_nan="raise")``
-(and the same keywords on ``fit_cyclic`` / ``fit_one_cycle``) add this callback.
+(and the same keywords on ``fit_cyclic`` / ``fit_one_cycle``) add them: the
+guard to every fit unless ``on_nan="ignore"``, the writer only with
+``checkpoint=``. The file format is read and validated by
+:func:`clrfit.serialization.read_checkpoint`.
 
 What a checkpoint file holds (one ``torch.save`` dict, read back with
 ``weights_only=True``):
@@ -23,8 +26,10 @@ key                    contents
                        states and callback states (each rank records its own losses)
 ``callbacks``          ``state_dict()`` of every stateful callback (the recorder's
                        history: lrs, momentums, losses, validation results)
-``setup``              the fit's arguments and the shape of the run (steps per
-                       epoch, samples, optimizer, precision, world size)
+``setup``              the fit's arguments, the schedule's own fields (callables
+                       by module, qualified name and a hash of their code and
+                       closure), and the shape of the run (steps per epoch,
+                       samples, optimizer, precision, world size)
 =====================  ==========================================================
 
 When it is written: every ``checkpoint_every`` optimizer steps (if given), at
@@ -37,15 +42,16 @@ Resume: ``resume=True`` loads the file in ``on_train_begin`` (a missing file
 starts a fresh fit with a warning, so one command line serves the first run and
 every restart), refuses a file written by a fit with other arguments
 (``ValueError`` naming each difference), restores model, optimizer, scaler and
-history, and hands the learner the counters and RNG states: the loop replays
-the epoch's data order and skips the steps already done, so the resumed run
-matches an uninterrupted one exactly on CPU.
+history, and loads the counters and RNG states into ``learn.state``
+(:class:`clrfit.state.TrainingState`): the loop replays the epoch's data order
+and skips the steps already done, so the resumed run matches an uninterrupted
+one exactly on CPU.
 
 Divergence: a NaN/inf training loss stops the fit with :class:`DivergenceError`
 (epoch, iteration, lr, momentum). Losses are checked as the recorder reads them
-back from the device: every step on CPU, every ``Recorder.flush_every`` (32)
-steps on GPU, at every epoch end and before every checkpoint write, so on GPU
-the error may come up to 31 steps after the bad one (it still names the bad
+back from the device: every ``CHECK_EVERY`` (= ``Recorder.flush_every``, 32)
+steps on every device, at every epoch end and before every checkpoint write, so
+the error comes at most 31 steps after the bad one (it still names the bad
 step). ``on_nan="restore"`` first puts model, optimizer and scaler back to the
 last checkpoint this fit wrote or resumed from, or, before there is one, to
 their state at the start of the fit (kept in CPU memory); ``on_nan="ignore"``
@@ -54,26 +60,43 @@ turns the check off.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import functools
+import hashlib
 import math
 import numbers
+import types
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 
 from .callback import Callback
-from .serialization import get_rng_states, load_state, remove_temp_files, save_state, set_rng_states
+from .recorder import Recorder
+from .rollback import LearnerSnapshot
+from .serialization import (
+    FORMAT,
+    KEYS,
+    get_rng_states,
+    read_checkpoint,
+    remove_temp_files,
+    save_state,
+    set_rng_states,
+)
+from .state import COUNTERS, loader_generators
 from .validation import check_bool, check_choice, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
 
-FORMAT = 1
-KEYS = ("clrfit_checkpoint", "model", "opt", "precision", "counters", "epoch_rng_state", "rng_states",
-        "loader_generators", "callbacks", "setup")
-COUNTERS = ("epoch", "batch_index", "iteration", "cycle", "iter_in_cycle")
+__all__ = ["CHECK_EVERY", "COUNTERS", "Checkpoint", "DivergenceError", "DivergenceGuard", "FORMAT", "KEYS",
+           "checkpoint_callbacks", "read_checkpoint", "run_setup", "schedule_fields", "setup_differences"]
+
 ON_NAN = ("raise", "restore", "ignore")
+#: A non-finite loss is caught at most this many steps after it happened (losses are read back this often).
+CHECK_EVERY = Recorder.flush_every
 
 
 class DivergenceError(ValueError):
@@ -91,174 +114,59 @@ def checkpoint_callbacks(
     on_nan: str = "raise",
 ) -> list[Callback]:
     """The callbacks for a fit's ``checkpoint=`` / ``checkpoint_every=`` / ``resume=`` / ``on_nan=``."""
-    if checkpoint is None and on_nan == "ignore" and checkpoint_every is None and not resume:
-        return []
-    return [Checkpoint(checkpoint, checkpoint_every, resume, on_nan)]
+    on_nan = check_choice("on_nan", on_nan, ON_NAN)
+    if checkpoint_every is not None:
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+    if checkpoint is None and resume:
+        raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
+    if checkpoint is None and checkpoint_every is not None:
+        raise ValueError(f"checkpoint_every={checkpoint_every} needs checkpoint=PATH (where to write)")
+    cbs: list[Callback] = []
+    if checkpoint is not None:
+        cbs.append(Checkpoint(checkpoint, checkpoint_every, resume))
+    if on_nan != "ignore":
+        cbs.append(DivergenceGuard(on_nan))
+    return cbs
 
 
-class Checkpoint(Callback):
-    """Writes checkpoints, resumes from them, and stops (or restores) on divergence.
+def _find(learn: "Learner", kind: type) -> Any:
+    return next((cb for cb in learn._cbs if isinstance(cb, kind)), None)
 
-    On resume the counters are set in this callback's ``on_train_begin`` (order 60):
-    callbacks that need them should read them from ``on_epoch_begin`` on.
+
+class DivergenceGuard(Callback):
+    """Stops the fit with :class:`DivergenceError` on a non-finite loss; ``on_nan="restore"`` first rolls back.
+
+    Checks what the recorder has read back (no device sync of its own): at most
+    ``CHECK_EVERY`` steps after a bad loss, at every epoch end, and before every
+    checkpoint write (the writer asks).
     """
 
-    order = 60  # after the recorder (50) has this step's values, before progress output (90)
+    order = 60  # after the recorder (50) and the checkpoint writer (55) in every event
 
-    def __init__(
-        self,
-        path: str | Path | None = None,
-        every: int | None = None,
-        resume: bool = False,
-        on_nan: str = "raise",
-    ) -> None:
-        if path is not None and not isinstance(path, (str, Path)):
-            raise TypeError(f"checkpoint must be a file path (str or pathlib.Path) or None; got {path!r}")
-        if path is not None and (str(path) == "" or Path(path).is_dir()):
-            raise ValueError(f"checkpoint must be a file path, not a folder or empty; got {str(path)!r}")
-        self.path = None if path is None else Path(path)
-        self.every = None if every is None else check_int("checkpoint_every", every, minimum=1)
-        self.resume = check_bool("resume", resume)
-        self.on_nan = check_choice("on_nan", on_nan, ON_NAN)
-        if self.resume and self.path is None:
-            raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
-        if self.every is not None and self.path is None:
-            raise ValueError(f"checkpoint_every={every} needs checkpoint=PATH (where to write)")
-        self._reset()
+    def __init__(self, on_nan: str = "raise") -> None:
+        self.on_nan = check_choice("on_nan", on_nan, ("raise", "restore"))
+        self.checked = 0  # recorded losses already checked
+        self.start: LearnerSnapshot | None = None
 
-    def _reset(self) -> None:
-        self.saved_at: tuple[int, int, int] | None = None  # counters of the last good checkpoint of this fit
-        self.checked = 0  # recorded losses already checked for divergence
-        self.start_state: dict[str, Any] | None = None
-        self.validation_rng: tuple[int, dict[str, Any]] | None = None
-        self.epoch_generators: list[torch.Tensor] = []
-
-    # ------------------------------------------------------------------ events
     def on_train_begin(self) -> None:
-        self._reset()
         learn = self.learn
-        if self.path is not None and learn.is_main_process:
-            remove_temp_files(self.path)  # left by a process killed while writing
-        self.setup = run_setup(learn, self._callback_states())
-        if self.resume:
-            self._resume()
-        if self.on_nan == "restore" and self.saved_at is None:
-            self.start_state = _to_cpu(_training_state(learn))
-        self.checked = len(learn.recorder.raw_losses_)
+        writer = _find(learn, Checkpoint)
+        self.start = None
+        if self.on_nan == "restore" and (writer is None or writer.saved_at is None):
+            self.start = LearnerSnapshot(learn, everything=False, callbacks=())  # host memory
+        self.checked = len(learn.recorder.raw_losses_)  # a resumed history was checked when it was written
 
     def on_batch_end(self) -> None:
-        self._check_losses()
-        learn = self.learn
-        done = learn.batch_index + 1
-        # The last step of an epoch is saved at the epoch's end, after validation.
-        if self.every is not None and done < learn.nb and (learn.iteration + 1) % self.every == 0:
-            self._save(learn.epoch, done, learn.iteration + 1)
-
-    def on_epoch_begin(self) -> None:
-        if self.path is not None:  # loaders with their own generator replay the epoch from these states
-            self.epoch_generators = [g.get_state() for g in loader_generators(self.learn)]
-
-    def on_validate_begin(self) -> None:
-        if self.path is not None:  # an interrupted validation is redone on resume from this point
-            self.validation_rng = (self.learn.epoch, get_rng_states())
+        self.check_losses()
 
     def on_epoch_end(self) -> None:
-        self._check_losses()
-        learn = self.learn
-        # Only an epoch whose steps all ran is saved as done (not one cut short by a cancel or Ctrl-C).
-        if self.path is not None and not learn.interrupted and learn.batch_index >= learn.nb:
-            self._save(learn.epoch + 1, 0, learn.iteration)
+        self.check_losses()
 
-    def on_train_end(self) -> None:
-        learn = self.learn
-        if self.path is None or not learn.interrupted:
-            return
-        if self.saved_at == (learn.epoch, learn.batch_index, learn.iteration):
-            return
-        rng = None
-        if self.validation_rng is not None and self.validation_rng[0] == learn.epoch:
-            rng = self.validation_rng[1]
-        self._save(learn.epoch, learn.batch_index, learn.iteration, rng)
-
-    # ------------------------------------------------------------------ writing
-    def _save(self, epoch: int, batch_index: int, iteration: int, rng: dict[str, Any] | None = None) -> None:
-        learn = self.learn
-        learn.recorder.flush()
-        self._check_losses()
-        self._check_weights(iteration - 1)
-        rng = rng if rng is not None else get_rng_states()
-        epoch_rng_state = learn.epoch_rng_state if batch_index > 0 else rng["torch"]
-        generators = self.epoch_generators if batch_index > 0 else [g.get_state() for g in loader_generators(learn)]
-        cycle, iter_in_cycle = _position(learn, iteration)
-        # What differs between ranks: random streams, loader generators, local histories (each rank's own losses).
-        own = {"epoch_rng_state": epoch_rng_state, "rng_states": rng, "loader_generators": generators,
-               "callbacks": self._callback_states(epochs_done=epoch)}
-        state = {
-            "clrfit_checkpoint": FORMAT,
-            **_training_state(learn),
-            "counters": dict(epoch=epoch, batch_index=batch_index, iteration=iteration, cycle=cycle,
-                             iter_in_cycle=iter_in_cycle),
-            # batch_index 0: the next epoch has not drawn its data order yet; it draws it from the current state.
-            **own,
-            "per_rank": _gather(learn, own),
-            "setup": self.setup,
-        }
-        if learn.is_main_process:
-            save_state(state, self.path)
-        learn.dist.barrier()
-        self.saved_at = (epoch, batch_index, iteration)
-        self.start_state = None  # the file is now the restore point
-
-    def _callback_states(self, epochs_done: int | None = None) -> dict[str, Any]:
-        states, seen = {}, {}
-        for cb in self.learn._cbs:
-            if cb is self:
-                continue
-            state = cb.state_dict()
-            if not state:
-                continue
-            name = type(cb).__qualname__
-            seen[name] = seen.get(name, 0) + 1
-            key = name if seen[name] == 1 else f"{name}#{seen[name]}"
-            if cb is self.learn.recorder and epochs_done is not None:
-                # An interrupted epoch still marks its end in the recorder; the resumed run marks it again.
-                state["epochs"] = state["epochs"][:epochs_done]
-            states[key] = state
-        return states
-
-    # ------------------------------------------------------------------ resuming
-    def _resume(self) -> None:
-        learn, path = self.learn, self.path
-        if not path.is_file():
-            warnings.warn(f"resume=True: no checkpoint at {path} yet; starting a fresh fit", stacklevel=2)
-            return
-        state = read_checkpoint(path)
-        differences = setup_differences(state["setup"], self.setup)
-        if differences:
-            raise ValueError(
-                f"resume: {path} was written by a different fit; {'; '.join(differences)}. "
-                "Pass the same arguments as the interrupted fit, or resume=False to start over"
-            )
-        if state.get("per_rank"):  # each rank continues its own random streams and history
-            state.update(state["per_rank"][learn.dist.rank])
-        _apply(learn, state, path, callbacks=True)
-        counters = state["counters"]
-        learn.epoch, learn.batch_index, learn.iteration = counters["epoch"], counters["batch_index"], counters["iteration"]
-        learn.cycle, learn.iter_in_cycle = counters["cycle"], counters["iter_in_cycle"]
-        for g, g_state in zip(loader_generators(learn), state["loader_generators"]):  # count checked in setup
-            g.set_state(g_state)
-        if learn.batch_index == 0 or learn.epoch >= learn.n_epochs:
-            # At an epoch boundary the next data order is still to be drawn: draw it from the saved state.
-            set_rng_states(state["rng_states"])
-        else:
-            learn.resume_state = {"epoch_rng_state": state["epoch_rng_state"], "rng_states": state["rng_states"]}
-        self.saved_at = (learn.epoch, learn.batch_index, learn.iteration)
-
-    # ------------------------------------------------------------------ divergence
-    def _check_losses(self) -> None:
+    def check_losses(self) -> None:
+        """Raise if a loss read back since the last check is not finite (agreed on by every rank)."""
         losses = self.learn.recorder.raw_losses_  # only what has been read back: no device sync here
         first_new, self.checked = self.checked, len(losses)
-        if self.on_nan == "ignore" or first_new == len(losses):
+        if first_new == len(losses):
             return
         bad = next((j for j in range(first_new, len(losses)) if not math.isfinite(losses[j])), None)
         # Every rank reads back at the same steps; all must stop together or the others hang in a collective.
@@ -267,9 +175,8 @@ class Checkpoint(Callback):
                 self._diverged(first_new, "the training loss of another rank is not finite")
             self._diverged(bad, f"the training loss is {losses[bad]}")
 
-    def _check_weights(self, step: int) -> None:
-        if self.on_nan == "ignore":
-            return
+    def check_weights(self, step: int) -> None:
+        """Raise if any floating-point weight or buffer is not finite."""
         tensors = [t for t in self.learn.model.state_dict().values() if t.is_floating_point()]  # buffers too
         if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
             self._diverged(step, "the weights are not finite")
@@ -292,54 +199,157 @@ class Checkpoint(Callback):
         )
 
     def _restore(self) -> str:
-        learn = self.learn
-        if self.saved_at is not None:
-            _apply(learn, read_checkpoint(self.path), self.path, callbacks=False)
-            epoch, batch_index, iteration = self.saved_at
-            return f"the checkpoint {self.path} (epoch {epoch}, iteration {iteration})"
-        _apply(learn, self.start_state, "the start-of-fit snapshot", callbacks=False)
+        writer = _find(self.learn, Checkpoint)
+        if writer is not None and writer.saved_at is not None:
+            _apply(self.learn, read_checkpoint(writer.path), writer.path, callbacks=False)
+            epoch, batch_index, iteration = writer.saved_at
+            return f"the checkpoint {writer.path} (epoch {epoch}, iteration {iteration})"
+        self.start.restore()
         return "their state at the start of this fit"
 
     def __repr__(self) -> str:
-        return f"Checkpoint(path={str(self.path) if self.path else None!r}, every={self.every}, resume={self.resume}, on_nan={self.on_nan!r})"
+        return f"DivergenceGuard(on_nan={self.on_nan!r})"
 
 
-# ---------------------------------------------------------------------- helpers
+class Checkpoint(Callback):
+    """Writes checkpoints and resumes from them (divergence is :class:`DivergenceGuard`'s).
+
+    On resume ``learn.state`` is loaded in this callback's ``on_train_begin``
+    (order 55): callbacks that need the counters should read them from
+    ``on_epoch_begin`` on.
+    """
+
+    order = 55  # after the recorder (50) has this step's values, before the guard (60) and progress (90)
+
+    def __init__(self, path: str | Path, every: int | None = None, resume: bool = False) -> None:
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"checkpoint must be a file path (str or pathlib.Path) or None; got {path!r}")
+        if str(path) == "" or Path(path).is_dir():
+            raise ValueError(f"checkpoint must be a file path, not a folder or empty; got {str(path)!r}")
+        self.path = Path(path)
+        self.every = None if every is None else check_int("checkpoint_every", every, minimum=1)
+        self.resume = check_bool("resume", resume)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.saved_at: tuple[int, int, int] | None = None  # counters of the last good checkpoint of this fit
+        self.validation_rng: tuple[int, dict[str, Any]] | None = None
+
+    # ------------------------------------------------------------------ events
+    def on_train_begin(self) -> None:
+        self._reset()
+        learn = self.learn
+        if learn.is_main_process:
+            remove_temp_files(self.path)  # left by a process killed while writing
+        self.setup = run_setup(learn, self._callback_states())
+        if self.resume:
+            self._resume()
+
+    def on_batch_end(self) -> None:
+        learn = self.learn
+        done = learn.batch_index + 1
+        # The last step of an epoch is saved at the epoch's end, after validation.
+        if self.every is not None and done < learn.steps_per_epoch and (learn.iteration + 1) % self.every == 0:
+            self._save(learn.epoch, done, learn.iteration + 1)
+
+    def on_validate_begin(self) -> None:
+        self.validation_rng = (self.learn.epoch, get_rng_states())  # an interrupted validation is redone from here
+
+    def on_epoch_end(self) -> None:
+        learn = self.learn
+        # Only an epoch whose steps all ran is saved as done (not one cut short by a cancel or Ctrl-C).
+        if not learn.interrupted and learn.batch_index >= learn.steps_per_epoch:
+            self._save(learn.epoch + 1, 0, learn.iteration)
+
+    def on_train_end(self) -> None:
+        learn = self.learn
+        if not learn.interrupted or self.saved_at == (learn.epoch, learn.batch_index, learn.iteration):
+            return
+        rng = None
+        if self.validation_rng is not None and self.validation_rng[0] == learn.epoch:
+            rng = self.validation_rng[1]
+        self._save(learn.epoch, learn.batch_index, learn.iteration, rng)
+
+    # ------------------------------------------------------------------ writing
+    def _save(self, epoch: int, batch_index: int, iteration: int, rng: dict[str, Any] | None = None) -> None:
+        learn = self.learn
+        learn.recorder.flush()
+        guard = _find(learn, DivergenceGuard)
+        if guard is not None:  # the file on disk is always the last good state
+            guard.check_losses()
+            guard.check_weights(iteration - 1)
+        rng = rng if rng is not None else get_rng_states()
+        # batch_index 0: the next epoch has not drawn its data order yet; it draws it from the current state.
+        epoch_rng_state = learn.state.epoch_rng_state if batch_index > 0 else rng["torch"]
+        generators = learn.state.loader_generators if batch_index > 0 else [g.get_state() for g in _generators(learn)]
+        cycle, iter_in_cycle = learn.schedule.position(iteration)
+        # What differs between ranks: random streams, loader generators, local histories (each rank's own losses).
+        own = {"epoch_rng_state": epoch_rng_state, "rng_states": rng, "loader_generators": generators,
+               "callbacks": self._callback_states(epochs_done=epoch)}
+        state = {
+            "clrfit_checkpoint": FORMAT,
+            "model": learn.model.state_dict(), "opt": learn.opt.state_dict(), "precision": learn.precision.state_dict(),
+            "counters": dict(epoch=epoch, batch_index=batch_index, iteration=iteration, cycle=cycle,
+                             iter_in_cycle=iter_in_cycle),
+            **own,
+            "per_rank": _gather(learn, own),
+            "setup": self.setup,
+        }
+        if learn.is_main_process:
+            save_state(state, self.path)
+        learn.dist.barrier()
+        self.saved_at = (epoch, batch_index, iteration)
+        if guard is not None:
+            guard.start = None  # the file is now the restore point
+
+    def _callback_states(self, epochs_done: int | None = None) -> dict[str, Any]:
+        states = {}
+        for key, cb in _keyed_callbacks(self.learn):
+            state = cb.state_dict()
+            if not state:
+                continue
+            if cb is self.learn.recorder and epochs_done is not None:
+                # An interrupted epoch still marks its end in the recorder; the resumed run marks it again.
+                state["epochs"] = state["epochs"][:epochs_done]
+            states[key] = state
+        return states
+
+    # ------------------------------------------------------------------ resuming
+    def _resume(self) -> None:
+        learn, path = self.learn, self.path
+        if not path.is_file():
+            warnings.warn(f"resume=True: no checkpoint at {path} yet; starting a fresh fit", stacklevel=2)
+            return
+        state = read_checkpoint(path)
+        differences = setup_differences(state["setup"], self.setup)
+        if differences:
+            raise ValueError(
+                f"resume: {path} was written by a different fit; {'; '.join(differences)}. "
+                "Pass the same arguments as the interrupted fit, or resume=False to start over"
+            )
+        if state.get("per_rank"):  # each rank continues its own random streams and history
+            state.update(state["per_rank"][learn.dist.rank])
+        _apply(learn, state, path, callbacks=True)
+        for g, g_state in zip(_generators(learn), state["loader_generators"]):  # count checked in setup
+            g.set_state(g_state)
+        counters = state["counters"]
+        if counters["batch_index"] == 0 or counters["epoch"] >= learn.n_epochs:
+            # At an epoch boundary the next data order is still to be drawn: draw it from the saved state.
+            set_rng_states(state["rng_states"])
+            learn.state.load_state_dict(state)
+        else:  # mid-epoch: the loop replays the epoch's order, skips the done steps, then continues these streams
+            learn.state.load_state_dict(state, rng_states=state["rng_states"])
+        self.saved_at = (learn.epoch, learn.batch_index, learn.iteration)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(path={str(self.path)!r}, every={self.every}, resume={self.resume})"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and check a checkpoint file (``weights_only=True``); ``ValueError`` naming what is wrong."""
-    state = load_state(path, "cpu", required=KEYS)  # CPU: RNG states must stay CPU tensors
-    if state["clrfit_checkpoint"] != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state['clrfit_checkpoint']!r}; this clrfit reads format {FORMAT}")
-    problems = []
-    for key in ("model", "opt", "precision", "counters", "rng_states", "callbacks", "setup"):
-        if not isinstance(state[key], dict):
-            problems.append(f"{key} is a {type(state[key]).__name__}, not a dict")
-    if isinstance(state["counters"], dict):
-        for name in COUNTERS:
-            value = state["counters"].get(name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                problems.append(f"counters[{name!r}] is {value!r}, not an integer >= 0")
-    if not isinstance(state["epoch_rng_state"], torch.Tensor) or state["epoch_rng_state"].dtype != torch.uint8:
-        problems.append("epoch_rng_state is not a torch RNG state (uint8 tensor)")
-    if isinstance(state["rng_states"], dict) and not {"torch", "numpy", "python"} <= set(state["rng_states"]):
-        problems.append("rng_states lacks torch/numpy/python")
-    if not isinstance(state["loader_generators"], list) or not all(
-            isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in state["loader_generators"]):
-        problems.append("loader_generators is not a list of generator states (uint8 tensors)")
-    per_rank = state.get("per_rank")
-    own = {"epoch_rng_state", "rng_states", "loader_generators", "callbacks"}
-    if per_rank is not None and not (isinstance(per_rank, list) and all(
-            isinstance(r, dict) and own <= set(r) for r in per_rank)):
-        problems.append("per_rank is not a list of per-rank states")
-    if problems:
-        raise ValueError(f"{path} is not a usable clrfit checkpoint: {'; '.join(problems)}")
-    return state
+# ---------------------------------------------------------------------- what must match on resume
 
 
 def run_setup(learn: "Learner", callback_states: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What must not change between a run and its resumption: fit arguments and the run's shape."""
+    """What must not change between a run and its resumption: fit arguments, the schedule and the run's shape."""
     dataset = learn.data.trn_dl.dataset
     try:
         n_samples = len(dataset)
@@ -347,14 +357,15 @@ def run_setup(learn: "Learner", callback_states: dict[str, Any] | None = None) -
         n_samples = None
     setup = {key: plain(value) for key, value in getattr(learn, "fit_args", {}).items()}
     setup.update(
-        steps_per_epoch=learn.nb,
+        schedule=schedule_fields(learn.schedule),
+        steps_per_epoch=learn.steps_per_epoch,
         train_batches=len(learn.data.trn_dl),
         train_samples=n_samples,
         optimizer=type(learn.opt).__name__,
         param_groups=learn.n_groups,
         precision=learn.precision.name,
         world_size=learn.dist.world_size,
-        loader_generators=len(loader_generators(learn)),
+        loader_generators=len(_generators(learn)),
         stateful_callbacks=tuple(sorted(callback_states or {})),
     )
     return setup
@@ -370,6 +381,60 @@ def setup_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
+def schedule_fields(schedule: Any) -> Any:
+    """A schedule as plain values: its class and dataclass fields; callables as ``module.qualname#hash``.
+
+    The hash covers the function's byte code, constants, referenced names,
+    defaults and closure values (never an address), so the same function in a
+    new process compares equal and an edited one does not.
+    """
+    if dataclasses.is_dataclass(schedule) and not isinstance(schedule, type):
+        fields = {f.name: schedule_fields(getattr(schedule, f.name)) for f in dataclasses.fields(schedule)}
+        return {"type": _qualified(type(schedule)), **fields}
+    if isinstance(schedule, (list, tuple)):
+        return tuple(schedule_fields(v) for v in schedule)
+    if isinstance(schedule, dict):
+        return {str(k): schedule_fields(v) for k, v in schedule.items()}
+    if callable(schedule) and not isinstance(schedule, type):
+        return callable_fingerprint(schedule)
+    return plain(schedule)
+
+
+def callable_fingerprint(fn: Any) -> str:
+    """``module.qualname#<16 hex>`` of a function (code, constants, defaults, closure), partial or callable object."""
+    if isinstance(fn, functools.partial):
+        parts = (callable_fingerprint(fn.func), schedule_fields(fn.args), schedule_fields(fn.keywords))
+        return f"partial({parts!r})"
+    func = getattr(fn, "__func__", fn)  # a bound method hashes like its function
+    code = getattr(func, "__code__", None)
+    if code is None:  # a callable object: its class and its attributes
+        attrs = schedule_fields(dict(vars(fn))) if hasattr(fn, "__dict__") else ()
+        return f"{_qualified(type(fn))}{attrs!r}" if attrs else _qualified(type(fn))
+    digest = hashlib.sha256()
+    _hash_code(code, digest)
+    digest.update(repr(schedule_fields(func.__defaults__ or ())).encode())
+    for cell in func.__closure__ or ():
+        try:
+            digest.update(repr(schedule_fields(cell.cell_contents)).encode())
+        except ValueError:  # an empty cell
+            digest.update(b"<empty>")
+    return f"{_qualified(func)}#{digest.hexdigest()[:16]}"
+
+
+def _hash_code(code: types.CodeType, digest: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):  # nested functions: their code, not their address
+            _hash_code(const, digest)
+        else:
+            digest.update(repr(const).encode())
+
+
+def _qualified(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
 def plain(value: Any) -> Any:
     """A value as plain python (bool, int, float, str, None, tuples): comparable, and safe to load."""
     if value is None or isinstance(value, (bool, str)):
@@ -383,84 +448,50 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
         items = value.tolist() if hasattr(value, "tolist") else value
         return tuple(plain(v) for v in items) if isinstance(items, (list, tuple)) else plain(items)
-    return repr(value)  # a callable or other object: compared by its repr
+    if callable(value):
+        return callable_fingerprint(value)
+    return repr(value)
 
 
-def _training_state(learn: "Learner") -> dict[str, Any]:
-    return {"model": learn.model.state_dict(), "opt": learn.opt.state_dict(), "precision": learn.precision.state_dict()}
+# ---------------------------------------------------------------------- helpers
 
 
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
+def _generators(learn: "Learner") -> list[torch.Generator]:
+    return loader_generators((learn.data.trn_dl, learn.data.val_dl))
 
 
-def _apply(learn: "Learner", state: dict[str, Any], source: Any, callbacks: bool) -> None:
-    """Load model, optimizer, scaler (and callback states); on any failure put everything back."""
-    before = _to_cpu(_training_state(learn))
-    recorder_before = learn.recorder.state_dict() if callbacks else None
-    try:
-        learn.model.load_state_dict(state["model"])
-        learn.opt.load_state_dict(state["opt"])
-        learn.precision.load_state_dict(state["precision"])
-        if callbacks:
-            _load_callback_states(learn, state["callbacks"])
-    except Exception as err:
-        learn.model.load_state_dict(before["model"])
-        learn.opt.load_state_dict(before["opt"])
-        learn.precision.load_state_dict(before["precision"])
-        if recorder_before is not None:
-            learn.recorder.load_state_dict(recorder_before)
-        raise ValueError(f"resume: {source} does not fit this learner (model, optimizer or callbacks differ): {err}") from None
-
-
-def _load_callback_states(learn: "Learner", states: dict[str, Any]) -> None:
-    seen: dict[str, int] = {}
+def _keyed_callbacks(learn: "Learner") -> list[tuple[str, Callback]]:
+    """``(key, callback)`` for the fit's callbacks other than the writer: class name, ``#2``... for repeats."""
+    out, seen = [], {}
     for cb in learn._cbs:
         if isinstance(cb, Checkpoint):
             continue
         name = type(cb).__qualname__
         seen[name] = seen.get(name, 0) + 1
-        key = name if seen[name] == 1 else f"{name}#{seen[name]}"
-        if key in states:
-            cb.load_state_dict(states[key])
+        out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
+    return out
 
 
-def loader_generators(learn: "Learner") -> list[torch.Generator]:
-    """The loaders' own ``torch.Generator``s (a loader shuffling with one does not draw from the global RNG)."""
-    found: dict[int, torch.Generator] = {}
-    for dl in (learn.data.trn_dl, learn.data.val_dl):
-        if dl is None:
-            continue
-        for owner in (dl, getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
-            g = getattr(owner, "generator", None)
-            if isinstance(g, torch.Generator):
-                found[id(g)] = g
-    return list(found.values())
+def _apply(learn: "Learner", state: dict[str, Any], source: Any, callbacks: bool) -> None:
+    """Load model, optimizer, scaler (and callback states); on any failure put everything back."""
+    keyed = _keyed_callbacks(learn) if callbacks else []
+    snapshot = LearnerSnapshot(learn, everything=False, callbacks=[cb for _, cb in keyed])
+    try:
+        learn.model.load_state_dict(state["model"])
+        learn.opt.load_state_dict(state["opt"])
+        learn.precision.load_state_dict(state["precision"])
+        for key, cb in keyed:
+            if key in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][key])
+    except Exception as err:
+        snapshot.restore()
+        raise ValueError(f"resume: {source} does not fit this learner (model, optimizer or callbacks differ): {err}") from None
 
 
 def _gather(learn: "Learner", value: Any) -> list[Any] | None:
     """``value`` of every rank, in rank order (``None`` when not distributed)."""
-    import torch.distributed as dist
-
     if not learn.dist.enabled or not dist.is_initialized():
         return None
-
     values: list[Any] = [None] * learn.dist.world_size
     dist.all_gather_object(values, value)
     return values
-
-
-def _position(learn: "Learner", iteration: int) -> tuple[int, int]:
-    """``(cycle, iteration in cycle)`` of the step at ``iteration``, from the fit's schedule."""
-    from .scheduler import ParamScheduler
-
-    for cb in learn._cbs:
-        if isinstance(cb, ParamScheduler):
-            return cb.schedule.position(iteration)
-    return learn.cycle, learn.iter_in_cycle

@@ -1,22 +1,33 @@
-"""ModelData: a training and a validation loader."""
+"""ModelData: a training and a validation loader.
+
+A loader is a torch ``DataLoader`` or a :class:`clrfit.loaders.TensorLoader`
+(in-memory tensors sliced a whole batch at a time). ``from_tensors`` builds
+tensor loaders by default (``loader="tensor"``); ``loader="torch"`` gives the
+``TensorDataset`` + ``DataLoader`` pair instead. ``docs/data.md`` says when
+each fits.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .validation import check_bool, check_int
+from .loaders import LOADERS, ImageBatchTransform, TensorLoader, check_device
+from .validation import check_bool, check_choice, check_int
+
+#: What ModelData accepts as a loader.
+Loader = Union[DataLoader, TensorLoader]
 
 
 class ModelData:
     """A training loader and a validation loader (``trn_dl``, ``val_dl``)."""
 
-    def __init__(self, trn_dl: DataLoader, val_dl: DataLoader | None, test_dl: DataLoader | None = None) -> None:
-        if not isinstance(trn_dl, DataLoader):
-            raise TypeError(f"trn_dl must be a torch DataLoader; got {type(trn_dl).__name__}")
-        if val_dl is not None and not isinstance(val_dl, DataLoader):
-            raise TypeError(f"val_dl must be a torch DataLoader or None; got {type(val_dl).__name__}")
+    def __init__(self, trn_dl: Loader, val_dl: Loader | None, test_dl: Loader | None = None) -> None:
+        if not isinstance(trn_dl, (DataLoader, TensorLoader)):
+            raise TypeError(f"trn_dl must be a torch DataLoader or a clrfit TensorLoader; got {type(trn_dl).__name__}")
+        if val_dl is not None and not isinstance(val_dl, (DataLoader, TensorLoader)):
+            raise TypeError(f"val_dl must be a torch DataLoader, a clrfit TensorLoader or None; got {type(val_dl).__name__}")
         _check_not_empty("trn_dl", trn_dl)
         if val_dl is not None:
             _check_not_empty("val_dl", val_dl)
@@ -70,16 +81,75 @@ class ModelData:
         x_val: Any = None,
         y_val: Any = None,
         bs: int = 64,
+        loader: str = "tensor",
+        device: str | torch.device | None = None,
+        seed: int | None = None,
+        trn_transform: ImageBatchTransform | None = None,
+        val_transform: ImageBatchTransform | None = None,
         **kwargs: Any,
     ) -> "ModelData":
-        """Loaders over in-memory tensors (or numpy arrays)."""
-        trn_ds = TensorDataset(*_tensors("x_trn", x_trn, "y_trn", y_trn))
-        val_ds = None
+        """Loaders over in-memory tensors (or numpy arrays): :class:`TensorLoader` s, or ``loader="torch"`` DataLoaders.
+
+        ``loader="tensor"`` (default): batches are slices of the tensors, kept on
+        ``device`` (e.g. ``"cuda"``: no host-to-device copy per step), shuffled
+        from the loader's generator (``seed=None``: reseeded from the global
+        torch RNG every epoch, like a DataLoader; ``seed=s``: one fixed
+        stream); ``trn_transform`` / ``val_transform`` run on whole batches.
+        Accepts ``val_bs``, ``shuffle``, ``drop_last`` and ``generator`` (the
+        training loader shuffles from it). ``loader="torch"``:
+        ``TensorDataset`` + ``DataLoader`` as :meth:`from_datasets` builds them
+        (``num_workers`` and other DataLoader options apply there).
+        """
+        check_choice("loader", loader, LOADERS)
+        x_trn, y_trn = _tensors("x_trn", x_trn, "y_trn", y_trn)
         if (x_val is None) != (y_val is None):
             raise ValueError("x_val and y_val: pass both or neither")
-        if x_val is not None:
-            val_ds = TensorDataset(*_tensors("x_val", x_val, "y_val", y_val))
-        return cls.from_datasets(trn_ds, val_ds, bs=bs, **kwargs)
+        val = None if x_val is None else _tensors("x_val", x_val, "y_val", y_val)
+        if loader == "torch":
+            for name, value in (("device", device), ("seed", seed), ("trn_transform", trn_transform),
+                                ("val_transform", val_transform)):
+                if value is not None:
+                    raise ValueError(f"{name}={value!r} applies to loader='tensor' only; the DataLoader path "
+                                     "(loader='torch') copies each batch to the training device itself")
+            trn_ds = TensorDataset(x_trn, y_trn)
+            val_ds = None if val is None else TensorDataset(*val)
+            return cls.from_datasets(trn_ds, val_ds, bs=bs, **kwargs)
+        bs = check_int("bs", bs, minimum=1)
+        val_bs = kwargs.pop("val_bs", None)
+        val_bs = bs * 2 if val_bs is None else check_int("val_bs", val_bs, minimum=1)
+        shuffle = check_bool("shuffle", kwargs.pop("shuffle", True))
+        drop_last = check_bool("drop_last", kwargs.pop("drop_last", False))
+        generator = kwargs.pop("generator", None)
+        num_workers = check_int("num_workers", kwargs.pop("num_workers", 0), minimum=0)
+        if num_workers:
+            raise ValueError(f"num_workers={num_workers}: the tensor loader (loader='tensor', the default of "
+                             "from_tensors) slices memory directly and runs no workers; pass num_workers=0, "
+                             "or loader='torch' for a DataLoader with worker processes")
+        if kwargs:
+            raise TypeError(f"from_tensors got DataLoader option(s) {', '.join(sorted(kwargs))}, which apply to "
+                            "loader='torch' only; the tensor loader takes bs, val_bs, shuffle, drop_last, seed, "
+                            "generator, device, trn_transform and val_transform")
+        if device is not None:
+            device = check_device("device", device)
+        if drop_last and len(x_trn) < bs:
+            raise ValueError(f"bs={bs} with drop_last=True leaves no training batch of the {len(x_trn)} samples; "
+                             f"pass bs <= {len(x_trn)} or drop_last=False")
+        trn_dl = TensorLoader(x_trn, y_trn, batch_size=bs, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                              device=device, transform=trn_transform, generator=generator)
+        val_dl = None if val is None else TensorLoader(*val, batch_size=val_bs, device=device, transform=val_transform)
+        return cls(trn_dl, val_dl)
+
+    def to(self, device: str | torch.device) -> "ModelData":
+        """Keep the tensor loaders' data on ``device`` (in place; returns ``self``).
+
+        DataLoaders are left as they are: the learner copies each of their
+        batches to its device (pinned memory and non-blocking copies on CUDA).
+        """
+        device = check_device("device", device)
+        for dl in (self.trn_dl, self.val_dl, self.test_dl):
+            if isinstance(dl, TensorLoader):
+                dl.to(device)
+        return self
 
     def __repr__(self) -> str:
         n_val = 0 if self.val_dl is None else len(self.val_dl.dataset)
@@ -99,7 +169,7 @@ def _tensors(x_name: str, x: Any, y_name: str, y: Any) -> tuple[torch.Tensor, to
     return xt, yt
 
 
-def _check_not_empty(name: str, dl: DataLoader) -> None:
+def _check_not_empty(name: str, dl: Loader) -> None:
     try:
         n = len(dl)
     except TypeError:

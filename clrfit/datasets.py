@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .data import ModelData
+from .loaders import LOADERS, ImageBatchTransform
 from .validation import check_bool, check_choice, check_int
 
 CACHE_ENV = "CLRFIT_CACHE_DIR"
@@ -194,10 +195,17 @@ _CIFAR10_FILES = _CIFAR10_TRAIN + ["test_batch", "batches.meta"]
 
 
 def cifar10(path: str | Path, bs: int = 128, download: bool = False, augment: bool = True,
-            num_workers: int = 0, **loader_kwargs: Any) -> ModelData:
-    """CIFAR-10 from ``path/cifar-10-batches-py`` (the python pickles); random crop 32 pad 4 + flip when ``augment``."""
+            num_workers: int = 0, loader: str = "torch", **loader_kwargs: Any) -> ModelData:
+    """CIFAR-10 from ``path/cifar-10-batches-py`` (the python pickles); random crop 32 pad 4 + flip when ``augment``.
+
+    ``loader="torch"``: per-sample torchvision transforms in a DataLoader.
+    ``loader="tensor"``: the uint8 images stay in memory (``device=`` to keep
+    them on the GPU) and crop, flip and normalisation run on whole batches
+    (:class:`clrfit.loaders.ImageBatchTransform`).
+    """
     check_bool("download", download)
     check_bool("augment", augment)
+    check_choice("loader", loader, LOADERS)
     root = Path(path)
     folder = root / CIFAR10_FOLDER
     if download:
@@ -213,11 +221,27 @@ def cifar10(path: str | Path, bs: int = 128, download: bool = False, augment: bo
     x_trn, y_trn = _read_cifar_batches([folder / f for f in _CIFAR10_TRAIN])
     x_val, y_val = _read_cifar_batches([folder / "test_batch"])
     classes = [_text(c) for c in _unpickle(folder / "batches.meta").get("label_names", [])]
+    if loader == "tensor":
+        return _tensor_images("cifar10", x_trn, y_trn, x_val, y_val, bs, num_workers, CIFAR10_MEAN, CIFAR10_STD,
+                              padding=4 if augment else 0, flip=augment, **loader_kwargs)
     trn_tfm = image_transform(CIFAR10_MEAN, CIFAR10_STD, crop=32 if augment else None, padding=4, flip=augment)
     val_tfm = image_transform(CIFAR10_MEAN, CIFAR10_STD)
     trn_ds = ImageArrayDataset(x_trn, y_trn, trn_tfm, classes)
     val_ds = ImageArrayDataset(x_val, y_val, val_tfm, classes)
     return ModelData.from_datasets(trn_ds, val_ds, bs=bs, num_workers=num_workers, **loader_kwargs)
+
+
+def _tensor_images(name: str, x_trn: torch.Tensor, y_trn: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                   bs: int, num_workers: int, mean, std, padding: int = 0, flip: bool = False,
+                   **loader_kwargs: Any) -> ModelData:
+    """uint8 images in memory behind tensor loaders; transforms run on whole batches, on the data's device."""
+    if check_int("num_workers", num_workers, minimum=0):
+        raise ValueError(f"{name}: num_workers={num_workers} needs loader='torch'; loader='tensor' runs no workers "
+                         "(it slices the images in memory)")
+    trn_tfm = ImageBatchTransform(mean, std, padding=padding, flip=flip)
+    val_tfm = ImageBatchTransform(mean, std)
+    return ModelData.from_tensors(x_trn, y_trn, x_val, y_val, bs=bs, trn_transform=trn_tfm, val_transform=val_tfm,
+                                  **loader_kwargs)
 
 
 def _unpickle(path: Path) -> dict:
@@ -249,22 +273,26 @@ _MNIST_FILES = {
 }
 
 
-def mnist(path: str | Path, bs: int = 128, download: bool = False, num_workers: int = 0,
+def mnist(path: str | Path, bs: int = 128, download: bool = False, num_workers: int = 0, loader: str = "torch",
           **loader_kwargs: Any) -> ModelData:
-    """MNIST from ``path/MNIST/raw`` (idx files, torchvision's layout), normalised with mean 0.1307, std 0.3081."""
-    return _idx_images("MNIST", path, bs, download, MNIST_MEAN, MNIST_STD, num_workers, **loader_kwargs)
+    """MNIST from ``path/MNIST/raw`` (idx files, torchvision's layout), normalised with mean 0.1307, std 0.3081.
+
+    ``loader="tensor"`` keeps the uint8 images in memory and normalises whole batches.
+    """
+    return _idx_images("MNIST", path, bs, download, MNIST_MEAN, MNIST_STD, num_workers, loader, **loader_kwargs)
 
 
 def fashion_mnist(path: str | Path, bs: int = 128, download: bool = False, num_workers: int = 0,
-                  **loader_kwargs: Any) -> ModelData:
+                  loader: str = "torch", **loader_kwargs: Any) -> ModelData:
     """Fashion-MNIST from ``path/FashionMNIST/raw`` (idx files), normalised with mean 0.2860, std 0.3530."""
     return _idx_images("FashionMNIST", path, bs, download, FASHION_MNIST_MEAN, FASHION_MNIST_STD, num_workers,
-                       **loader_kwargs)
+                       loader, **loader_kwargs)
 
 
 def _idx_images(name: str, path: str | Path, bs: int, download: bool, mean, std, num_workers: int,
-                **loader_kwargs: Any) -> ModelData:
+                loader: str = "torch", **loader_kwargs: Any) -> ModelData:
     check_bool("download", download)
+    check_choice("loader", loader, LOADERS)
     root = Path(path)
     raw = root / name / "raw"
     if download:
@@ -279,15 +307,17 @@ def _idx_images(name: str, path: str | Path, bs: int, download: bool, mean, std,
             f"(CLI: --download) to fetch it into {root}"
         )
     tfm = image_transform(mean, std)
-    sets = []
+    arrays = []
     for train in (True, False):
         images_file, labels_file = _MNIST_FILES[train]
         images = read_idx(_existing(raw / images_file))
         labels = read_idx(_existing(raw / labels_file))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(f"{raw}: {images_file} / {labels_file} are not matching image and label idx files")
-        sets.append(ImageArrayDataset(torch.from_numpy(images[:, None].copy()),
-                                      torch.from_numpy(labels.astype(np.int64)), tfm))
+        arrays += [torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64))]
+    if loader == "tensor":
+        return _tensor_images(name, *arrays, bs, num_workers, mean, std, **loader_kwargs)
+    sets = [ImageArrayDataset(arrays[0], arrays[1], tfm), ImageArrayDataset(arrays[2], arrays[3], tfm)]
     return ModelData.from_datasets(sets[0], sets[1], bs=bs, num_workers=num_workers, **loader_kwargs)
 
 

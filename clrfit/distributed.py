@@ -10,8 +10,9 @@ learner then
 
 - wraps the model in ``DistributedDataParallel`` (:meth:`DistributedContext.wrap`),
   which broadcasts rank 0's weights at construction and averages gradients;
-- rebuilds the training loader over a ``DistributedSampler`` (every rank gets
-  the same number of batches, so every rank computes the same schedule) and the
+- splits every global batch of the training loader across ranks, from the one
+  order a single process would draw (:func:`shard_train_loader`: every rank gets
+  the same number of batches, so every rank computes the same schedule), and the
   validation loader over :class:`ShardSampler` (each sample on exactly one rank,
   no padding), see :meth:`DistributedContext.shard_data`;
 - validates the unwrapped model on its shard with rank 0's buffers (BatchNorm
@@ -28,14 +29,18 @@ import atexit
 import datetime
 import contextlib
 import copy
+import hashlib
 import os
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
+
+from .loaders import GlobalOrderSampler, ShardSampler, TensorLoader, check_last_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import ModelData
@@ -81,8 +86,6 @@ class DistributedContext:
                 f"device={str(device)!r} under torchrun, but the process group uses NCCL (GPU only); train on the GPU "
                 "(leave device=None), or call torch.distributed.init_process_group('gloo') before building the Learner"
             )
-        from torch.nn.parallel import DistributedDataParallel
-
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -217,46 +220,70 @@ def _destroy_process_group() -> None:
 # ---------------------------------------------------------------------- sharding
 
 
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world_size, ...``: every sample on exactly one rank, none repeated.
+def shard_train_loader(dl: DataLoader | TensorLoader, world_size: int, rank: int,
+                       name: str = "trn_dl") -> DataLoader | TensorLoader:
+    """Rank ``rank``'s share of every global batch of the one order a single process would draw.
 
-    Unlike ``DistributedSampler`` it never pads, so sums over ranks are exact
-    totals; ranks may get different numbers of samples. For evaluation only.
+    ``dl``'s ``batch_size`` is the per-rank batch; the global batch is
+    ``world_size * batch_size`` (see :mod:`clrfit.loaders` and
+    ``docs/distributed.md``, "Data order"). Shuffled or not, the ranks' batch
+    ``j`` together is batch ``j`` of one process with the global batch: a
+    :class:`~clrfit.loaders.TensorLoader` is sharded with its generator's
+    state, a torch ``DataLoader`` is rebuilt over a
+    :class:`~clrfit.loaders.GlobalOrderSampler` that draws the permutation as
+    ``RandomSampler`` does. Under an initialised process group the ranks'
+    random states are compared first: ranks that would draw different orders
+    are a ``ValueError``. A loader already over a ``DistributedSampler`` (or an
+    already sharded ``TensorLoader``) is returned unchanged.
     """
-
-    def __init__(self, n_samples: int, world_size: int, rank: int) -> None:
-        self.n_samples, self.world_size, self.rank = n_samples, world_size, rank
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n_samples, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n_samples, self.world_size))
-
-
-def shard_train_loader(dl: DataLoader, world_size: int, rank: int, name: str = "trn_dl") -> DataLoader:
-    """``dl`` over a ``DistributedSampler`` (shuffled if ``dl`` shuffled; the learner calls ``set_epoch``).
-
-    With ``shuffle=False`` rank ``r`` gets samples ``r, r + W, ...``, so batch
-    ``j`` of all ranks together is batch ``j`` of a single process with a
-    ``W`` times larger batch. A loader that already has a ``DistributedSampler``
-    is returned unchanged.
-    """
+    if isinstance(dl, TensorLoader):
+        if dl.world_size > 1 or dl.indices is not None:
+            return dl
+        if dl.draws and dl.seed is None:  # each epoch's seed comes from the global torch RNG
+            _check_ranks_agree(name, torch.get_rng_state(), "the global torch RNG (torch.manual_seed)")
+        elif dl.draws:
+            _check_ranks_agree(name, dl.generator.get_state(), "its generator")
+        return dl.train_shard(world_size, rank, name)
     if isinstance(dl.sampler, DistributedSampler):
         return dl
     shuffle = _is_shuffled(dl, name)
-    sampler = DistributedSampler(dl.dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                 seed=SAMPLER_SEED, drop_last=dl.drop_last)
+    check_last_batch(name, len(dl.dataset), dl.batch_size, world_size, dl.drop_last)
+    generator = dl.sampler.generator if shuffle else None
+    if generator is not None:
+        _check_ranks_agree(name, generator.get_state(), "its generator")
+    elif shuffle:  # the permutation's seed comes from the global torch RNG
+        _check_ranks_agree(name, torch.get_rng_state(), "the global torch RNG (torch.manual_seed)")
+    sampler = GlobalOrderSampler(dl.dataset, world_size, rank, dl.batch_size, shuffle, dl.drop_last, generator)
     return DataLoader(dl.dataset, sampler=sampler, **_loader_options(dl))
 
 
-def shard_eval_loader(dl: DataLoader, world_size: int, rank: int, name: str = "val_dl") -> DataLoader:
-    """``dl`` over a :class:`ShardSampler`: each sample evaluated on exactly one rank, in order."""
+def shard_eval_loader(dl: DataLoader | TensorLoader, world_size: int, rank: int,
+                      name: str = "val_dl") -> DataLoader | TensorLoader:
+    """``dl`` over samples ``rank, rank + W, ...``: each sample evaluated on exactly one rank, in order."""
+    if isinstance(dl, TensorLoader):
+        if dl.shuffle:
+            raise ValueError(f"{name}: a shuffled TensorLoader cannot be an evaluation loader; pass shuffle=False")
+        return dl if dl.world_size > 1 or dl.indices is not None else dl.eval_shard(world_size, rank)
     if isinstance(dl.sampler, (DistributedSampler, ShardSampler)):
         return dl
     _is_shuffled(dl, name)
     sampler = ShardSampler(len(dl.dataset), world_size, rank)
     return DataLoader(dl.dataset, sampler=sampler, **_loader_options(dl))
+
+
+def _check_ranks_agree(name: str, state: torch.Tensor, source: str) -> None:
+    """Under a process group, every rank must hold the same random state: else their orders differ (an error on every rank)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    digests: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, hashlib.sha1(state.cpu().numpy().tobytes()).hexdigest())
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise ValueError(
+            f"{name}: rank(s) {differ} hold a different random state in {source} than rank 0, so the ranks would "
+            "draw different data orders; seed every rank alike before building the data and the Learner "
+            "(torch.manual_seed(seed), the same seed on every rank), or give the loader a seeded generator"
+        )
 
 
 def _is_shuffled(dl: DataLoader, name: str) -> bool:

@@ -1,17 +1,18 @@
 """The Learner: model + data + optimizer, and the training loop that fires callback events.
 
 The event vocabulary and what fires on each kind of stop are documented in
-:mod:`clrfit.callback`. Progress is kept in integer counters on the learner
-(``epoch``, ``iteration``, ``batch_index``, ``cycle``, ``iter_in_cycle``);
-fractions are always derived from them. ``iteration`` counts optimizer steps
-since the start of the fit; with ``accumulate=k`` one step is k micro-batches.
+:mod:`clrfit.callback`. Where the fit stands is one value, ``learn.state``
+(:class:`clrfit.state.TrainingState`); its integer counters are also readable as
+``learn.epoch``, ``learn.iteration``, ``learn.batch_index``, ``learn.cycle`` and
+``learn.iter_in_cycle``, and every fraction is derived from them.
+``iteration`` counts optimizer steps since the start of the fit; with
+``accumulate=k`` one step is k micro-batches. How a step runs (device,
+precision, DDP, compile, memory layout) is :class:`clrfit.runtime.Runtime`'s.
 """
 from __future__ import annotations
 
 import functools
 import math
-import signal
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -26,14 +27,19 @@ from .callback import (
     CancelEpochException,
     CancelFitException,
 )
+from .checkpoint import checkpoint_callbacks
 from .data import ModelData
-from .distributed import from_environment, uses_channels_last
+from .lr_finder import lr_find, lr_find2
 from .metrics import metric_name
-from .precision import Precision, resolve_precision
+from .precision import resolve_precision
 from .progress import ProgressCallback
 from .recorder import Recorder
+from .rollback import LearnerSnapshot
+from .runtime import Runtime, compile_backend
 from .scheduler import ParamScheduler
-from .serialization import load_state, save_state
+from .serialization import load_state, save_state, set_rng_states
+from .state import TrainingState, loader_generators, sigint
+from .suggest import Suggestions
 from .validation import as_group_values, check_bool, check_choice, check_int
 
 _CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
@@ -44,8 +50,30 @@ def default_opt_fn(params, lr: float = 1e-3) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=0.9)
 
 
+def _counter(name: str) -> property:
+    """``learn.<name>``: the counter of ``learn.state`` (read and write)."""
+    return property(lambda self: getattr(self.state, name), lambda self, value: setattr(self.state, name, value),
+                    doc=f"``learn.state.{name}``.")
+
+
 class Learner:
-    """Owns the model, the data and the optimizer, and runs fits through callbacks."""
+    """Owns the model, the data and the optimizer, and runs fits through callbacks.
+
+    ``learn.recorder`` is the history of the last fit; ``learn.sched`` is the
+    recorder of the last fit *or range test* (the fastai 0.7 name, kept as an alias).
+
+    Batches may be ``(x, y)``, ``(x1, ..., xn, y)`` for a model taking n inputs, or a
+    dict passed to the model as keyword arguments (its target under ``labels``);
+    ``batch_fn(batch) -> (inputs, target)`` splits any other kind (inputs: a tensor,
+    a tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``). ``crit`` takes
+    ``(prediction, target)``; ``crit=clrfit.model_loss`` uses a loss the model returns.
+    """
+
+    epoch = _counter("epoch")
+    iteration = _counter("iteration")
+    batch_index = _counter("batch_index")
+    cycle = _counter("cycle")
+    iter_in_cycle = _counter("iter_in_cycle")
 
     def __init__(
         self,
@@ -62,6 +90,7 @@ class Learner:
         path: str | Path = ".",
         progress: bool = True,
         table: bool = True,
+        batch_fn: Callable[[Any], tuple[Any, Any]] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -79,24 +108,22 @@ class Learner:
                 raise TypeError(f"{name} must be callable or None; got {fn!r}")
         _check_metrics(metrics)
         groups = _param_groups(model, layer_groups)
-        self.dist = from_environment()
-        self.device = _resolve_device(device, self.dist.local_rank)
-        self.channels_last = uses_channels_last(model, self.device)
-        self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last else model.to(self.device)
+        self.runtime = runtime = Runtime(model, device, precision_name, batch_fn)
+        self.dist, self.device, self.precision = runtime.dist, runtime.device, runtime.precision
+        self.channels_last = runtime.channels_last
+        self.model = runtime.place(model)
         self.data = self.dist.shard_data(data)
         self.crit = crit if crit is not None else nn.CrossEntropyLoss()
         self.metrics = list(metrics or [])
         self.callbacks = list(callbacks or [])
         self.path = Path(path)
-        self.progress, self.table = check_bool("progress", progress), check_bool("table", table)
-        self.precision = Precision(precision_name, self.device)
+        self.progress, self.table = progress, table
         self.opt_fn = opt_fn or default_opt_fn
         self.opt = self.opt_fn(groups, lr=1e-3)
         if not isinstance(self.opt, torch.optim.Optimizer):
             raise TypeError(f"opt_fn must return a torch.optim.Optimizer; got {type(self.opt).__name__}")
-        self.train_model: nn.Module = self.dist.wrap(self.model, self.device)
-        self.eval_model: nn.Module = self.model  # validation needs no DDP: it never runs backward
-        self._wrapped_model, self._compiled_models = self.train_model, {}
+        runtime.prepare(self.model)
+        self.train_model, self.eval_model = runtime.models(None)  # eval needs no DDP: it never runs backward
         self.recorder = Recorder()
         self.sched: Recorder = self.recorder
         self._reset_counters()
@@ -117,10 +144,14 @@ class Learner:
         """True on rank 0, and always when not distributed."""
         return self.dist.is_main
 
+    @property
+    def nb(self) -> int:
+        """Alias of :attr:`steps_per_epoch` (the fastai 0.7 name): optimizer steps per epoch, not batches."""
+        return self.steps_per_epoch
+
     def _reset_counters(self) -> None:
-        self.epoch = self.iteration = self.batch_index = 0
-        self.cycle = self.iter_in_cycle = 0
-        self.n_epochs = self.nb = 0
+        self.state = TrainingState()
+        self.n_epochs = self.steps_per_epoch = 0
         self.accumulate = 1
         self.loss = self.step_loss = self.pred = None
         self.xb = self.yb = None
@@ -129,7 +160,6 @@ class Learner:
         self._metrics = self.metrics
         self.interrupted = self._interrupt_requested = False
         self.validate_each_epoch = True
-        self.resume_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ public fits
     def fit(
@@ -143,20 +173,51 @@ class Learner:
         metrics: Sequence[Callable] | None = None,
         use_clr: Sequence[float] | None = None,
         use_clr_beta: Sequence[float] | None = None,
-        **options: Any,
+        *,
+        use_wd_sched: bool = False,
+        norm_wds: bool = False,
+        wds_sched_mult: Callable[["Learner"], float] | None = None,
+        accumulate: int = 1,
+        compile: bool | str = False,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        on_nan: str = "raise",
     ) -> Recorder:
         """Train ``n_cycle`` cycles: constant lr, SGDR (``cycle_len``), ``use_clr`` or ``use_clr_beta``.
 
-        ``options``: ``use_wd_sched``, ``norm_wds``, ``wds_sched_mult``, ``accumulate``,
-        ``compile``, ``checkpoint``, ``checkpoint_every``, ``resume``, ``on_nan``
-        (see :meth:`train`). Returns ``learn.sched``.
+        Args:
+            lrs: learning rate, one value or one per layer group (> 0).
+            n_cycle: number of cycles (an epoch each without ``cycle_len``), integer >= 1.
+            cycle_len: epochs in the first cycle: turns on SGDR (cosine annealing with restarts); None for a constant lr.
+            cycle_mult: each cycle is ``cycle_mult`` times longer than the previous one, integer >= 1.
+            wds: weight decay, one value or one per layer group (>= 0); None leaves the optimizer's.
+            callbacks: extra :class:`clrfit.Callback` instances for this fit only.
+            metrics: metrics ``(pred, targ) -> tensor`` for this fit's validation (default: the learner's).
+            use_clr: CircularLR ``(div, cut_div)`` or ``(div, cut_div, max_mom, min_mom)``; needs ``cycle_len``.
+            use_clr_beta: 1cycle ``(div, pct)`` or ``(div, pct, max_mom, min_mom)``, pct in (0, 100); needs ``cycle_len``.
+            use_wd_sched: True applies ``wds`` decoupled (``p -= wd * lr * p``) each step instead of as L2.
+            norm_wds: with ``use_wd_sched``, divide wds by sqrt(iterations in the cycle).
+            wds_sched_mult: with ``use_wd_sched``, a callable ``(learner) -> float`` multiplying wds each step.
+            accumulate: micro-batches per optimizer step (integer >= 1); each backpropagates ``loss / accumulate``.
+            compile: True runs the model through ``torch.compile`` (inductor); a string names another backend.
+            checkpoint: file to write checkpoints to (and resume from); None writes none.
+            checkpoint_every: also write a checkpoint every this many optimizer steps (integer >= 1; needs checkpoint).
+            resume: True continues from ``checkpoint`` if the file exists (needs checkpoint).
+            on_nan: on a non-finite loss: "raise" (stop), "restore" (stop with the last good state back), "ignore".
+
+        Returns:
+            ``learn.sched``, the fit's :class:`clrfit.Recorder`.
         """
         group_lrs = as_group_values("lrs", lrs, self.n_groups, positive=True)
-        nb = self._steps_per_epoch(options.get("accumulate", 1))
+        nb = self._steps_per_epoch(accumulate)
         schedule, n_epochs = schedules.fit_schedule(group_lrs, nb, n_cycle, cycle_len, cycle_mult, use_clr, use_clr_beta)
         args = dict(kind="fit", lrs=group_lrs, n_cycle=n_cycle, cycle_len=cycle_len, cycle_mult=cycle_mult,
                     use_clr=_plain(use_clr), use_clr_beta=_plain(use_clr_beta))
-        return self.train(schedule, n_epochs, wds=wds, callbacks=callbacks, metrics=metrics, fit_args=args, **options)
+        return self.train(schedule, n_epochs, wds=wds, callbacks=callbacks, metrics=metrics, fit_args=args,
+                          use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
+                          accumulate=accumulate, compile=compile, checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every, resume=resume, on_nan=on_nan)
 
     def fit_cyclic(
         self,
@@ -172,11 +233,53 @@ class Learner:
         cycle_momentum: bool = True,
         base_momentum: float | Sequence[float] = 0.8,
         max_momentum: float | Sequence[float] = 0.9,
-        **options: Any,
+        *,
+        wds: float | Sequence[float] | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        use_wd_sched: bool = False,
+        norm_wds: bool = False,
+        wds_sched_mult: Callable[["Learner"], float] | None = None,
+        accumulate: int = 1,
+        compile: bool | str = False,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        on_nan: str = "raise",
     ) -> Recorder:
-        """Train ``epochs`` epochs with ``torch.optim.lr_scheduler.CyclicLR``'s schedule and values."""
+        """Train ``epochs`` epochs with ``torch.optim.lr_scheduler.CyclicLR``'s schedule and values.
+
+        Args:
+            epochs: number of epochs, integer >= 1.
+            base_lr: lower lr bound, one value or one per layer group (> 0).
+            max_lr: upper lr bound, one value or one per layer group (>= base_lr).
+            step_size_up: optimizer steps from base_lr up to max_lr (> 0).
+            step_size_down: steps back down (> 0); None: equal to step_size_up.
+            mode: "triangular", "triangular2" (amplitude halves each cycle) or "exp_range" (scaled by gamma**t).
+            gamma: decay base of "exp_range" (> 0).
+            scale_fn: custom amplitude ``f(x) -> float`` in [0, 1] replacing mode; x per scale_mode.
+            scale_mode: "cycle" (scale_fn of the cycle number) or "iterations" (of the step).
+            cycle_momentum: True cycles momentum inversely to lr between base_momentum and max_momentum.
+            base_momentum: lower momentum bound, one value or one per layer group, in [0, 1).
+            max_momentum: upper momentum bound, one value or one per layer group, in [0, 1).
+            wds: weight decay, one value or one per layer group (>= 0); None leaves the optimizer's.
+            callbacks: extra :class:`clrfit.Callback` instances for this fit only.
+            metrics: metrics ``(pred, targ) -> tensor`` for this fit's validation (default: the learner's).
+            use_wd_sched: True applies ``wds`` decoupled (``p -= wd * lr * p``) each step instead of as L2.
+            norm_wds: with ``use_wd_sched``, divide wds by sqrt(iterations in the cycle).
+            wds_sched_mult: with ``use_wd_sched``, a callable ``(learner) -> float`` multiplying wds each step.
+            accumulate: micro-batches per optimizer step (integer >= 1); each backpropagates ``loss / accumulate``.
+            compile: True runs the model through ``torch.compile`` (inductor); a string names another backend.
+            checkpoint: file to write checkpoints to (and resume from); None writes none.
+            checkpoint_every: also write a checkpoint every this many optimizer steps (integer >= 1; needs checkpoint).
+            resume: True continues from ``checkpoint`` if the file exists (needs checkpoint).
+            on_nan: on a non-finite loss: "raise" (stop), "restore" (stop with the last good state back), "ignore".
+
+        Returns:
+            ``learn.sched``, the fit's :class:`clrfit.Recorder`.
+        """
         epochs = check_int("epochs", epochs, minimum=1)
-        total = epochs * self._steps_per_epoch(options.get("accumulate", 1))
+        total = epochs * self._steps_per_epoch(accumulate)
         schedule = schedules.cyclic_schedule(
             self.n_groups, base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn,
             scale_mode, cycle_momentum, base_momentum, max_momentum, total=total)
@@ -184,7 +287,10 @@ class Learner:
                     step_size_up=step_size_up, step_size_down=step_size_down, mode=mode, gamma=gamma,
                     scale_mode=scale_mode, cycle_momentum=cycle_momentum,
                     base_momentum=_plain(base_momentum), max_momentum=_plain(max_momentum))
-        return self.train(schedule, epochs, fit_args=args, **options)
+        return self.train(schedule, epochs, wds=wds, callbacks=callbacks, metrics=metrics, fit_args=args,
+                          use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
+                          accumulate=accumulate, compile=compile, checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every, resume=resume, on_nan=on_nan)
 
     def fit_one_cycle(
         self,
@@ -198,11 +304,51 @@ class Learner:
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
         three_phase: bool = False,
-        **options: Any,
+        *,
+        wds: float | Sequence[float] | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        use_wd_sched: bool = False,
+        norm_wds: bool = False,
+        wds_sched_mult: Callable[["Learner"], float] | None = None,
+        accumulate: int = 1,
+        compile: bool | str = False,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        on_nan: str = "raise",
     ) -> Recorder:
-        """Train ``epochs`` epochs with ``torch.optim.lr_scheduler.OneCycleLR``'s schedule and values."""
+        """Train ``epochs`` epochs with ``torch.optim.lr_scheduler.OneCycleLR``'s schedule and values.
+
+        Args:
+            epochs: number of epochs, integer >= 1 (total steps = epochs * steps_per_epoch).
+            max_lr: peak lr, one value or one per layer group (> 0).
+            pct_start: fraction of the steps spent increasing the lr, in (0, 1).
+            anneal_strategy: "cos" or "linear" annealing.
+            cycle_momentum: True cycles momentum inversely to lr between base_momentum and max_momentum.
+            base_momentum: lower momentum bound, one value or one per layer group, in [0, 1).
+            max_momentum: upper momentum bound, one value or one per layer group, in [0, 1).
+            div_factor: initial lr = max_lr / div_factor (> 0).
+            final_div_factor: final lr = initial lr / final_div_factor (> 0).
+            three_phase: True adds a symmetric descent phase before the final annihilation (torch's three_phase).
+            wds: weight decay, one value or one per layer group (>= 0); None leaves the optimizer's.
+            callbacks: extra :class:`clrfit.Callback` instances for this fit only.
+            metrics: metrics ``(pred, targ) -> tensor`` for this fit's validation (default: the learner's).
+            use_wd_sched: True applies ``wds`` decoupled (``p -= wd * lr * p``) each step instead of as L2.
+            norm_wds: with ``use_wd_sched``, divide wds by sqrt(iterations in the cycle).
+            wds_sched_mult: with ``use_wd_sched``, a callable ``(learner) -> float`` multiplying wds each step.
+            accumulate: micro-batches per optimizer step (integer >= 1); each backpropagates ``loss / accumulate``.
+            compile: True runs the model through ``torch.compile`` (inductor); a string names another backend.
+            checkpoint: file to write checkpoints to (and resume from); None writes none.
+            checkpoint_every: also write a checkpoint every this many optimizer steps (integer >= 1; needs checkpoint).
+            resume: True continues from ``checkpoint`` if the file exists (needs checkpoint).
+            on_nan: on a non-finite loss: "raise" (stop), "restore" (stop with the last good state back), "ignore".
+
+        Returns:
+            ``learn.sched``, the fit's :class:`clrfit.Recorder`.
+        """
         epochs = check_int("epochs", epochs, minimum=1)
-        total = epochs * self._steps_per_epoch(options.get("accumulate", 1))
+        total = epochs * self._steps_per_epoch(accumulate)
         schedule = schedules.one_cycle_schedule(
             self.n_groups, max_lr, total, pct_start, anneal_strategy, cycle_momentum, base_momentum,
             max_momentum, div_factor, final_div_factor, three_phase)
@@ -210,19 +356,19 @@ class Learner:
                     anneal_strategy=anneal_strategy, cycle_momentum=cycle_momentum,
                     base_momentum=_plain(base_momentum), max_momentum=_plain(max_momentum),
                     div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase)
-        return self.train(schedule, epochs, fit_args=args, **options)
+        return self.train(schedule, epochs, wds=wds, callbacks=callbacks, metrics=metrics, fit_args=args,
+                          use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
+                          accumulate=accumulate, compile=compile, checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every, resume=resume, on_nan=on_nan)
 
-    def lr_find(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, wds=None, linear: bool = False, **kwargs: Any):
+    def lr_find(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, wds=None, linear: bool = False,
+                **kwargs: Any) -> Suggestions:
         """LR range test over at most one epoch; ``learn.sched`` holds the result. Learner state is restored."""
-        from .lr_finder import lr_find
-
         return lr_find(self, start_lr=start_lr, end_lr=end_lr, wds=wds, linear=linear, **kwargs)
 
     def lr_find2(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, num_it: int = 100, wds=None,
-                 linear: bool = False, stop_dv: bool = True, **kwargs: Any):
+                 linear: bool = False, stop_dv: bool = True, **kwargs: Any) -> Suggestions:
         """LR range test over ``num_it`` steps, validating on one batch per step. Learner state is restored."""
-        from .lr_finder import lr_find2
-
         return lr_find2(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, wds=wds, linear=linear, stop_dv=stop_dv, **kwargs)
 
     # ------------------------------------------------------------------ the loop
@@ -248,46 +394,28 @@ class Learner:
     ) -> Recorder:
         """Run ``n_epochs`` epochs applying ``schedule``: the engine behind every ``fit*``.
 
-        ``accumulate=k``: one optimizer step (one iteration of the schedule) is k
-        micro-batches, each backpropagating ``loss / k``. ``compile``: ``True``
-        runs the model through ``torch.compile`` (inductor), a string names
-        another torch.compile backend (e.g. ``"aot_eager"``).
+        The keyword arguments mean what they mean for :meth:`fit`; ``fit_args`` (the
+        calling fit's arguments, compared on resume), ``recorder`` (a recorder to
+        fill) and ``validate`` (False: no end-of-epoch validation) serve the range tests.
         """
         n_epochs = check_int("n_epochs", n_epochs, minimum=1)
-        accumulate = check_int("accumulate", accumulate, minimum=1)
-        check_bool("use_wd_sched", use_wd_sched)
-        check_bool("norm_wds", norm_wds)
-        compile_backend = _compile_backend(compile)
-        check_bool("resume", resume)
-        check_choice("on_nan", on_nan, ("raise", "restore", "ignore"))
-        if wds_sched_mult is not None and not callable(wds_sched_mult):
-            raise TypeError(f"wds_sched_mult must be a callable taking the learner; got {wds_sched_mult!r}")
-        group_wds = None if wds is None else as_group_values("wds", wds, self.n_groups, minimum=0.0)
-        if (norm_wds or wds_sched_mult is not None) and not use_wd_sched:
-            raise ValueError("norm_wds and wds_sched_mult apply to scheduled weight decay; pass use_wd_sched=True")
-        if use_wd_sched and group_wds is None:
-            raise ValueError("use_wd_sched=True needs wds (the weight decay to schedule); got wds=None")
-        if resume and checkpoint is None:
-            raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
-        if checkpoint_every is not None:
-            checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+        accumulate, backend, group_wds = _check_options(self.n_groups, wds, use_wd_sched, norm_wds, wds_sched_mult,
+                                                        accumulate, compile, resume, on_nan)
         fit_callbacks = _check_callbacks("callbacks", callbacks)
         _check_metrics(metrics)
-        from .checkpoint import checkpoint_callbacks  # validates checkpoint= before any state changes
-
-        fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)
+        fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)  # checks checkpoint*
         self._reset_counters()
         self.validate_each_epoch = check_bool("validate", validate)
         self._metrics = list(metrics) if metrics is not None else self.metrics
         self.accumulate = accumulate
-        self.nb = self._steps_per_epoch(accumulate)
+        self.steps_per_epoch = self._steps_per_epoch(accumulate)
         self.n_epochs = n_epochs
+        self.schedule = schedule
         self.fit_args = dict(fit_args or {}, n_epochs=n_epochs, accumulate=accumulate, wds=group_wds,
                              use_wd_sched=use_wd_sched, norm_wds=norm_wds)
-        self.train_model, self.eval_model = self._models(compile_backend)
-        self.recorder = recorder or Recorder()
-        self.recorder.flush_every = 1 if self.device.type == "cpu" else Recorder.flush_every
-        self.sched = self.recorder
+        self.train_model, self.eval_model = self.runtime.models(backend)
+        self._generators = loader_generators((self.data.trn_dl, self.data.val_dl))
+        self.sched = self.recorder = recorder or Recorder()
         cbs = [ParamScheduler(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult), self.recorder]
         if self.progress or self.table:
             cbs.append(ProgressCallback(bar=self.progress, table=self.table))
@@ -299,16 +427,23 @@ class Learner:
         for cb in self._cbs:
             cb.learn = self
         self._handlers = {e: [getattr(cb, e) for cb in self._cbs if _overrides(cb, e)] for e in EVENTS}
-        with _interrupt_guard(self):
-            try:
-                self._scope("train", self._all_epochs, CancelFitException)
-            finally:
-                self._fire("on_train_end")
-                if self.interrupted:
-                    raise KeyboardInterrupt(
-                        f"training interrupted by Ctrl-C at epoch {self.epoch}, iteration {self.iteration}; "
-                        "the model and learn.sched hold the state reached"
-                    )
+        self._interrupt_requested = False
+        try:
+            with sigint(self._request_stop):
+                try:
+                    self._scope("train", self._all_epochs, CancelFitException)
+                finally:
+                    self._fire("on_train_end")
+                    if self.interrupted:
+                        raise KeyboardInterrupt(
+                            f"training interrupted by Ctrl-C at epoch {self.epoch}, iteration {self.iteration}; "
+                            "the model and learn.sched hold the state reached"
+                        )
+        finally:
+            self._interrupt_requested = False
+
+    def _request_stop(self) -> None:
+        self._interrupt_requested = True  # the loop stops after the current step
 
     def _fire(self, event: str) -> None:
         for handler in self._handlers[event]:
@@ -330,12 +465,14 @@ class Learner:
             self._fire(end)
 
     def _all_epochs(self) -> None:
-        while self.epoch < self.n_epochs:
+        state = self.state
+        while state.epoch < self.n_epochs:
             self._scope("epoch", self._one_epoch, CancelEpochException)
-            self.epoch += 1
-            self.batch_index = 0
+            state.epoch += 1
+            state.batch_index = 0
 
     def _one_epoch(self) -> None:
+        state = self.state
         self.train_model.train()
         self.val_loss, self.val_metrics = None, []
         for micro_batches in self._epoch_steps():
@@ -344,8 +481,8 @@ class Learner:
             finally:
                 # A batch that began counts as an iteration, however it ended, so the
                 # schedule never replays a position.
-                self.iteration += 1
-                self.batch_index += 1
+                state.iteration += 1
+                state.batch_index += 1
             if self._interrupt_requested:
                 self.interrupted = True
                 raise CancelFitException()
@@ -361,26 +498,25 @@ class Learner:
     def _epoch_steps(self) -> Iterator[list[Any]]:
         """This epoch's optimizer steps (lists of ``accumulate`` micro-batches), from ``batch_index`` on.
 
-        The torch RNG state just before the loader is iterated is kept in
-        ``epoch_rng_state``: with it, a checkpoint replays this epoch's data order.
+        The torch RNG state and the loaders' generator states just before the loader
+        is iterated are kept in ``learn.state``: with them, a checkpoint replays this
+        epoch's data order.
         """
-        dl = self.data.trn_dl
+        dl, state = self.data.trn_dl, self.state
         sampler = getattr(dl, "sampler", None)
         if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
-        resume = self.resume_state
-        if resume is not None:
-            torch.set_rng_state(resume["epoch_rng_state"])
-        self.epoch_rng_state = torch.get_rng_state()
+            sampler.set_epoch(state.epoch)
+        if state.resume_rng is not None:  # a mid-epoch resume: replay this epoch's order
+            torch.set_rng_state(state.epoch_rng_state)
+        state.epoch_rng_state = torch.get_rng_state()
+        state.loader_generators = [g.get_state() for g in self._generators]
         batches = iter(dl)
-        for _ in range(self.batch_index * self.accumulate):
+        for _ in range(state.batch_index * self.accumulate):
             if next(batches, None) is None:  # resuming at an epoch's end (a short last step)
                 break
-        if resume is not None:
-            from .serialization import set_rng_states
-
-            set_rng_states(resume["rng_states"])
-            self.resume_state = None
+        if state.resume_rng is not None:
+            set_rng_states(state.resume_rng)
+            state.resume_rng = None
         group: list[Any] = []
         for batch in batches:
             group.append(batch)
@@ -391,40 +527,21 @@ class Learner:
             yield group
 
     def _one_step(self, micro_batches: list[Any]) -> None:
-        n = len(micro_batches)
+        runtime, model, n = self.runtime, self.train_model, len(micro_batches)
         total = None
         for j, batch in enumerate(micro_batches):
-            self.xb, self.yb = self._to_device(batch)
-            with self.dist.no_sync(self.train_model, sync=j == n - 1):
-                with self.precision.autocast():
-                    self.pred = self.train_model(self.xb)
-                    self.loss = self.crit(self.pred, self.yb)
+            self.xb, self.yb = runtime.to_device(batch)
+            with runtime.micro_step(model, last=j == n - 1):
+                self.pred, self.loss = runtime.forward(model, self.xb, self.yb, self.crit)
                 self._fire("on_loss")
-                self.precision.backward(self.loss / n if n > 1 else self.loss)
-            detached = self.loss.detach()
-            total = detached if total is None else total + detached
+                runtime.backward(self.loss / n if n > 1 else self.loss)
+            loss = self.loss.detach()
+            total = loss if total is None else total + loss
         self.step_loss = total / n if n > 1 else total
         self._fire("on_backward_end")
-        self.precision.step(self.opt)
+        runtime.step(self.opt)
         self._fire("on_step_end")
         self.opt.zero_grad(set_to_none=True)
-
-    def _to_device(self, batch: Any) -> tuple[Any, torch.Tensor]:
-        xb, yb = batch[0], batch[1]
-        non_blocking = self.device.type == "cuda"
-        if self.channels_last and isinstance(xb, torch.Tensor) and xb.ndim == 4:
-            return xb.to(self.device, non_blocking=non_blocking, memory_format=torch.channels_last), _move(yb, self.device, non_blocking)
-        return _move(xb, self.device, non_blocking), _move(yb, self.device, non_blocking)
-
-    def _models(self, compile_backend: str | None) -> tuple[nn.Module, nn.Module]:
-        """(train model, eval model): DDP-wrapped for training, plain for validation, each compiled on request."""
-        if compile_backend is None:
-            return self._wrapped_model, self.model
-        if compile_backend not in self._compiled_models:
-            train_model = _compiled(self._wrapped_model, compile_backend)
-            eval_model = train_model if self._wrapped_model is self.model else _compiled(self.model, compile_backend)
-            self._compiled_models[compile_backend] = (train_model, eval_model)
-        return self._compiled_models[compile_backend]
 
     def _steps_per_epoch(self, accumulate: int = 1) -> int:
         accumulate = check_int("accumulate", accumulate, minimum=1)
@@ -446,19 +563,14 @@ class Learner:
         model.eval()
         self.dist.broadcast_buffers(self.model)  # every rank validates rank 0's BatchNorm statistics
         sums = torch.zeros(2 + len(self._metrics), device=self.device, dtype=torch.float64)
-        for batch in dl:
-            xb, yb = self._to_device(batch)
-            with self.precision.autocast():
-                pred = model(xb)
-                loss = self.crit(pred, yb)
-            n = len(yb)
-            values = [loss.float() * n, torch.full((), float(n), device=self.device)]
-            values += [m(pred.float(), yb).float() * n for m in self._metrics]
-            sums += torch.stack([v.double().reshape(()) for v in values])
-            if self._interrupt_requested:
-                break
+        try:
+            for batch in dl:
+                sums += self.runtime.evaluate(model, batch, self.crit, self._metrics)
+                if self._interrupt_requested:
+                    break
+        finally:
+            model.train(was_training)
         self.dist.all_reduce_sum(sums)
-        model.train(was_training)
         totals = sums.tolist()
         count = totals[1]
         return totals[0] / count, [v / count for v in totals[2:]]
@@ -486,15 +598,13 @@ class Learner:
         """Load what :meth:`save` wrote; on any error the learner is left unchanged."""
         path = self.model_path(name)
         state = load_state(path, self.device, required=("model",))
-        model_before = {k: v.clone() for k, v in self.model.state_dict().items()}
-        opt_before = self.opt.state_dict()
+        snapshot = LearnerSnapshot(self, everything=False, callbacks=())
         try:
             self.model.load_state_dict(state["model"])
             if with_opt and "opt" in state:
                 self.opt.load_state_dict(state["opt"])
         except Exception as err:  # whatever the file holds, the learner must come back unchanged
-            self.model.load_state_dict(model_before)
-            self.opt.load_state_dict(opt_before)
+            snapshot.restore()
             raise ValueError(f"load: {path} does not fit this learner's model/optimizer: {err}") from None
 
     def __repr__(self) -> str:
@@ -503,17 +613,6 @@ class Learner:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r} ({err})") from None
 
 
 def _param_groups(model: nn.Module, layer_groups: Sequence[Any] | None) -> list[dict[str, Any]]:
@@ -532,6 +631,25 @@ def _param_groups(model: nn.Module, layer_groups: Sequence[Any] | None) -> list[
         seen.update(id(p) for p in params)
         groups.append({"params": params})
     return groups
+
+
+def _check_options(n_groups: int, wds: Any, use_wd_sched: Any, norm_wds: Any, wds_sched_mult: Any, accumulate: Any,
+                   compile: Any, resume: Any, on_nan: Any) -> tuple[int, str | None, tuple[float, ...] | None]:
+    """Check a fit's options before anything changes; ``(accumulate, compile backend, wds per group)``."""
+    accumulate = check_int("accumulate", accumulate, minimum=1)
+    check_bool("use_wd_sched", use_wd_sched)
+    check_bool("norm_wds", norm_wds)
+    backend = compile_backend(compile)
+    check_bool("resume", resume)
+    check_choice("on_nan", on_nan, ("raise", "restore", "ignore"))
+    if wds_sched_mult is not None and not callable(wds_sched_mult):
+        raise TypeError(f"wds_sched_mult must be a callable taking the learner; got {wds_sched_mult!r}")
+    group_wds = None if wds is None else as_group_values("wds", wds, n_groups, minimum=0.0)
+    if (norm_wds or wds_sched_mult is not None) and not use_wd_sched:
+        raise ValueError("norm_wds and wds_sched_mult apply to scheduled weight decay; pass use_wd_sched=True")
+    if use_wd_sched and group_wds is None:
+        raise ValueError("use_wd_sched=True needs wds (the weight decay to schedule); got wds=None")
+    return accumulate, backend, group_wds
 
 
 def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Callback]:
@@ -553,16 +671,6 @@ def _overrides(cb: Callback, event: str) -> bool:
     return getattr(handler, "__func__", handler) is not getattr(Callback, event)
 
 
-def _move(x: Any, device: torch.device, non_blocking: bool) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=non_blocking)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_move(v, device, non_blocking) for v in x)
-    if isinstance(x, dict):
-        return {k: _move(v, device, non_blocking) for k, v in x.items()}
-    return x
-
-
 def _plain(value: Any) -> Any:
     """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -570,45 +678,3 @@ def _plain(value: Any) -> Any:
     return tuple(float(v) for v in value)
 
 
-def _compile_backend(compile: bool | str) -> str | None:
-    """The torch.compile backend ``compile`` asks for (``True``: the default, inductor), or None."""
-    if compile is False:
-        return None
-    if compile is not True and not isinstance(compile, str):
-        raise TypeError(f"compile must be True, False or a torch.compile backend name such as 'inductor'; got {compile!r}")
-    if not hasattr(torch, "compile") or not hasattr(torch, "compiler"):
-        raise ValueError(f"compile={compile!r} needs torch.compile (PyTorch >= 2.0); this torch ({torch.__version__}) has none")
-    backend = "inductor" if compile is True else compile
-    backends = torch.compiler.list_backends(exclude_tags=())
-    if backend not in backends:
-        raise ValueError(f"compile={compile!r}: unknown torch.compile backend; available: {', '.join(sorted(backends))}")
-    return backend
-
-
-def _compiled(model: nn.Module, backend: str) -> nn.Module:
-    try:
-        return torch.compile(model, backend=backend)
-    except RuntimeError as err:  # e.g. a Python version that this torch's Dynamo does not support
-        raise ValueError(f"compile={backend!r}: torch.compile is unavailable here: {err}") from None
-
-
-class _interrupt_guard:
-    """During a fit, the first Ctrl-C asks the loop to stop after the current batch."""
-
-    def __init__(self, learn: Learner) -> None:
-        self.learn = learn
-        self.previous = None
-
-    def __enter__(self) -> None:
-        self.learn._interrupt_requested = False
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.learn._interrupt_requested = True
-        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)  # a second Ctrl-C is immediate
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        self.learn._interrupt_requested = False

@@ -29,21 +29,21 @@ recorder is attached to the exception as ``err.range_test``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-import signal
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
 from .callback import Callback, CancelFitException
 from .recorder import SMOOTHING, Recorder
+from .rollback import LearnerSnapshot
 from .schedules import LRSweep
-from .serialization import get_rng_states, set_rng_states
+from .state import sigint
 from .suggest import Suggestions, end_points, suggest, warmup_points
 from .validation import as_group_values, check_bool, check_int, check_number
+
+__all__ = ["LearnerSnapshot", "RangeTestRecorder", "lr_find", "lr_find2", "smooth_curve"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -123,16 +123,9 @@ class RangeTestRecorder(Recorder):
         model.eval()
         learn.dist.broadcast_buffers(learn.model)  # as in learn.validate: rank 0's BatchNorm statistics
         try:
-            xb, yb = learn._to_device(batch)
-            with learn.precision.autocast():
-                pred = model(xb)
-                loss = learn.crit(pred, yb)
+            return list(learn.runtime.evaluate(model, batch, learn.crit, learn._metrics))
         finally:
             model.train(was_training)
-        n = torch.tensor(float(len(yb)), device=learn.device, dtype=torch.float64)
-        values = [loss.detach().double().reshape(()) * n, n]
-        values += [metric(pred.float(), yb).double().reshape(()) * n for metric in learn._metrics]
-        return values
 
     def _next_val_batch(self, restart: bool) -> Any:
         try:
@@ -290,132 +283,14 @@ def _range_test(
         learn.train(sweep, n_epochs, wds=wds, callbacks=callbacks, metrics=metrics, on_nan="ignore",
                     recorder=recorder, validate=False)
     except BaseException as err:
-        with _sigint_deferred():
+        with sigint(deliver=True):  # a Ctrl-C now must not leave the learner half restored
             snapshot.restore()
         err.range_test = recorder
         raise
-    with _sigint_deferred():
+    with sigint(deliver=True):
         snapshot.restore()
         learn.sched = recorder
     recorder.suggestions = recorder.suggest()
     if learn.table and learn.is_main_process:  # the same switch as the epoch table
         print(recorder.suggestions)
     return recorder.suggestions
-
-
-# --------------------------------------------------------------------------- exact restoration
-
-
-def _host_copy(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu", copy=True)
-
-
-class LearnerSnapshot:
-    """Everything a training run can change on a learner, copied to host memory; :meth:`restore` puts it back exactly."""
-
-    def __init__(self, learn: "Learner") -> None:
-        self.learn = learn
-        copies: dict[int, torch.Tensor] = {}  # tied weights are copied once
-
-        def keep(t: torch.Tensor) -> torch.Tensor:
-            if id(t) not in copies:
-                copies[id(t)] = _host_copy(t)
-            return copies[id(t)]
-
-        modules = list({id(m): m for model in (learn.train_model, learn.eval_model, learn.model)
-                        for m in model.modules()}.values())
-        self.modes = [(m, m.training) for m in modules]
-        # Tensors are put back into the very objects the model held (the optimizer refers to them).
-        self.tensors = [(slots, name, t, None if t is None else keep(t))
-                        for m in modules for slots in (m._parameters, m._buffers) for name, t in list(slots.items())]
-        self.grads = [(p, None if p.grad is None else _host_copy(p.grad)) for p in learn.model.parameters()]
-        opt = learn.opt
-        self.opt_attrs = dict(opt.__dict__)
-        self.groups = [(g, list(g.items()), {k: copy.deepcopy(v) for k, v in g.items() if k != "params"})
-                       for g in opt.param_groups]
-        self.group_list = list(opt.param_groups)
-        self.opt_state_obj = opt.state
-        self.opt_state = {p: (s, [(k, v, _host_copy(v) if torch.is_tensor(v) else copy.deepcopy(v)) for k, v in s.items()])
-                          for p, s in opt.state.items()}
-        self.precision = copy.deepcopy(learn.precision.state_dict())
-        self.callbacks = [(cb, copy.deepcopy(cb.state_dict())) for cb in learn.callbacks]
-        self.generators = [(g, g.get_state()) for g in _loader_generators(learn)]
-        self.attrs = dict(learn.__dict__)
-        self.rng = get_rng_states()
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Put everything back, bit for bit."""
-        learn = self.learn
-        for slots, name, original, saved in self.tensors:
-            slots[name] = original
-            if original is not None:
-                original.copy_(saved)
-        for p, grad in self.grads:
-            p.grad = None if grad is None else grad.to(p.device)
-        for module, training in self.modes:
-            module.training = training
-        self._restore_optimizer()
-        learn.precision.load_state_dict(copy.deepcopy(self.precision))
-        for cb, state in self.callbacks:
-            cb.load_state_dict(copy.deepcopy(state))
-        for generator, state in self.generators:
-            generator.set_state(state)
-        learn.__dict__.clear()
-        learn.__dict__.update(self.attrs)
-        set_rng_states(self.rng)
-
-    def _restore_optimizer(self) -> None:
-        opt = self.learn.opt
-        opt.__dict__.clear()
-        opt.__dict__.update(self.opt_attrs)
-        opt.param_groups[:] = self.group_list
-        for group, items, saved in self.groups:
-            group.clear()
-            group.update((k, v if k == "params" else saved[k]) for k, v in items)
-        state = self.opt_state_obj
-        opt.state = state
-        for p in [p for p in state if p not in self.opt_state]:
-            del state[p]
-        for p, (entry, values) in self.opt_state.items():
-            entry.clear()
-            for key, original, saved in values:
-                if torch.is_tensor(original):
-                    original.copy_(saved)
-                    entry[key] = original
-                else:
-                    entry[key] = saved
-            state[p] = entry
-
-
-def _loader_generators(learn: "Learner") -> list[torch.Generator]:
-    """Explicit ``torch.Generator``s of the data loaders (shuffling with one does not use the global RNG)."""
-    found: dict[int, torch.Generator] = {}
-    for dl in (learn.data.trn_dl, learn.data.val_dl):
-        if dl is None:
-            continue
-        batch_sampler = getattr(dl, "batch_sampler", None)
-        for owner in (dl, getattr(dl, "sampler", None), getattr(batch_sampler, "sampler", None)):
-            g = getattr(owner, "generator", None)
-            if isinstance(g, torch.Generator):
-                found[id(g)] = g
-    return list(found.values())
-
-
-class _sigint_deferred:
-    """Hold a Ctrl-C that arrives while state is being restored, and deliver it afterwards."""
-
-    def __enter__(self) -> None:
-        self.previous = None
-        self.received = False
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._hold)
-
-    def _hold(self, signum, frame) -> None:
-        self.received = True
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            if self.received:
-                signal.raise_signal(signal.SIGINT)

@@ -3,8 +3,9 @@
 ``learn.sched`` is a :class:`Recorder`. Hyper-parameters are read back from the
 optimizer's param groups after the schedule set them, so they are what the
 optimizer used. Losses are kept on the device and read back in batches
-(``flush_every`` steps, at epoch end, and whenever a list is read), so recording
-adds no per-step host sync.
+(every ``flush_every`` = 32 steps on every device, at epoch end, and whenever a
+list is read), so recording adds no per-step host sync; the divergence guard
+checks the losses at those same points (see :mod:`clrfit.checkpoint`).
 """
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ class Recorder(Callback):
         return self.losses_
 
     # ------------------------------------------------------------------ events
+    def on_train_begin(self) -> None:
+        from .plots import momentum_label
+
+        self.momentum_label = momentum_label(self.learn.opt.param_groups[0])
+
     def on_batch_begin(self) -> None:
         groups = self.learn.opt.param_groups
         self.iterations.append(self.learn.iteration)
@@ -155,13 +161,29 @@ class Recorder(Callback):
         vary = bool(moms) and None not in moms and max(moms) != min(moms)
         # epochs holds the number of steps recorded when each epoch ended; the last one closes the plot.
         marks = [self.iterations[n] for n in self.epochs if n < len(self.iterations)] if show_epochs else None
-        return plot_lr_mom(self.iterations, self.lrs, moms if vary else None, epoch_marks=marks, title=title)
+        return plot_lr_mom(self.iterations, self.lrs, moms if vary else None, epoch_marks=marks, title=title,
+                           mom_label=getattr(self, "momentum_label", "momentum"))
 
     def plot_loss(self, n_skip: int = 10, n_skip_end: int = 5):
         """Smoothed training loss per iteration (skipping the first/last few); returns the Figure."""
         from .plots import plot_series
 
         return plot_series(self.iterations, self.losses, n_skip, n_skip_end, xlabel="iteration", ylabel="loss (smoothed)")
+
+    @property
+    def plot(self):
+        """Only a range test's recorder plots loss against lr: reading ``plot`` here says what to call instead."""
+        # A property, so that hasattr(recorder, "plot") stays False for a fit's recorder.
+        raise AttributeError(
+            "learn.sched.plot() plots a range test's loss against the learning rate, and the last run was a fit: "
+            "use learn.sched.plot_lr() (lr and momentum) or learn.sched.plot_loss() (training loss), "
+            "or run learn.lr_find2() (or learn.lr_find()) first, then learn.sched.plot()"
+        )
+
+    def _ipython_display_(self) -> None:
+        # A notebook cell ending in learn.fit(...) shows the epoch table fit printed and
+        # nothing more; print(learn.sched) still gives the summary below.
+        pass
 
     def __repr__(self) -> str:
         return f"Recorder({len(self.iterations)} iterations, {len(self.val_losses)} validations)"

@@ -102,6 +102,3 @@ class ParamScheduler(Callback):
             params = [p for p in group["params"] if p.grad is not None]
             if params:
                 torch._foreach_add_(params, torch._foreach_mul(params, -factor))
-
-    def state_dict(self) -> dict:
-        return {}

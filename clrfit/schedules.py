@@ -1,4 +1,4 @@
-"""Schedules: pure, picklable functions of the iteration index.
+"""Schedules: pure, picklable functions of the iteration index, written as phase tables.
 
 A schedule maps the index ``t`` of an optimizer step (counted from the start of
 the fit, ``0 .. total-1``) to the learning rate of every param group and,
@@ -9,26 +9,143 @@ optionally, the momentum of every group (``None`` leaves momentum alone)::
 Schedules know nothing about optimizers or models, so they can be tested,
 plotted and previewed without training (see :func:`preview`). The formulas are
 those of ``SCHEDULES.md``; each class's docstring restates its own.
+
+Most schedules are a table of :class:`Phase` rows (``print(schedule)`` shows it)
+read by one evaluator, :func:`evaluate`: find the phase that holds ``t``, take
+``pct``, the fraction of the phase done, and anneal lr and momentum between the
+phase's two points (``constant``, ``linear``, ``cos`` or ``exp``). The fastai 0.7
+schedules (constant, SGDR, ``use_clr``, ``use_clr_beta``) give lr as a multiple of
+the ``lrs`` passed to ``fit`` (``lr * level / divisor``); torch's ``OneCycleLR``
+and the range-test sweep give it directly. ``CyclicLR`` (a scaled triangle
+wave, torch's formula) is the one schedule evaluated by its own formula.
+
+Each torch scheduler's arguments (names, defaults, types) are written once, as
+the fields of :class:`CyclicLR` and :class:`OneCycleLR`; :data:`CYCLIC` and
+:data:`ONE_CYCLE` expose them as an ``inspect.Signature`` and as argument dicts
+for the learner, the builders, :class:`clrfit.ScheduleLR`, checkpoints and the CLI
+(:data:`FIT` does the same for ``learn.fit``'s schedule arguments).
+:func:`arguments` gives any schedule's own arguments as plain, comparable values.
+
+Numbers may be Python, numpy or 0-d tensor scalars: every builder turns them into
+Python floats before checking them.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import inspect
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .validation import as_group_values, check_bool, check_choice, check_int, check_number
 
 GroupValues = tuple[float, ...]
+#: A phase's point: one value for every group (scaled by the schedule) or one value per group.
+Level = float | tuple[float, ...]
+
+ANNEALS = ("constant", "linear", "cos", "exp")
+
+
+# --------------------------------------------------------------------------- phases and their evaluator
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One row of a phase table: steps up to ``last``, values annealed from ``lr[0]`` to ``lr[1]``.
+
+    ``pct = (t - start) / (end - start)`` is the fraction of the phase done
+    (``1 - pct`` when ``reverse``: the phase runs its points backwards, as fastai
+    0.7's down ramps are written). Annealing from ``a`` to ``b``: ``constant`` is
+    ``a``; ``linear`` is ``a + (b - a) * pct``; ``cos`` is
+    ``b + (a - b) / 2 * (cos(angle) + 1)`` with ``angle = pi * pct``, or
+    ``pi * (t - start) / (end - start)`` when ``fastai_angle`` (fastai 0.7 rounds it
+    that way, torch the other); ``exp`` is ``a * (b / a) ** pct``.
+    With a ``divisor``, lr points are multiples of the schedule's lrs:
+    ``lr_g = lrs[g] * level / divisor``.
+    """
+
+    name: str
+    start: float
+    end: float
+    last: float
+    anneal: str
+    lr: tuple[Level, Level]
+    mom: tuple[Level, Level] | None = None
+    divisor: float | None = None
+    reverse: bool = False
+    fastai_angle: bool = False
+
+
+def anneal(kind: str, start: float, end: float, pct: float, angle: float | None = None) -> float:
+    """The value ``pct`` of the way from ``start`` to ``end`` (see :class:`Phase` for each kind)."""
+    if kind == "constant":
+        return start
+    if kind == "linear":
+        return start + (end - start) * pct
+    if kind == "cos":
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct if angle is None else angle) + 1)
+    if kind == "exp":
+        return start * (end / start) ** pct
+    raise ValueError(f"anneal must be one of {', '.join(map(repr, ANNEALS))}; got {kind!r}")
+
+
+def _anneal_level(kind: str, points: tuple[Level, Level], pct: float, angle: float | None) -> float | list[float]:
+    a, b = points
+    if isinstance(a, tuple):  # one point per group
+        return [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)]
+    return anneal(kind, a, b, pct, angle)
+
+
+def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Any, Any]:
+    """``(phase, lr level, momentum level or None)`` at step ``t``: the first phase with ``t <= last``.
+
+    A level is one float, or a list of per-group floats where the phase's points are per group.
+
+    Past the last row the final phase goes on (its ``pct`` exceeds 1).
+    """
+    for phase in phases:
+        if t <= phase.last:
+            break
+    pct = angle = 0.0
+    if phase.anneal != "constant":
+        done, length = t - phase.start, phase.end - phase.start
+        pct = done / length
+        if phase.reverse:
+            pct = 1 - pct
+        angle = math.pi * done / length if phase.fastai_angle else None
+    lr = _anneal_level(phase.anneal, phase.lr, pct, angle)
+    mom = None if phase.mom is None else _anneal_level(phase.anneal, phase.mom, pct, angle)
+    return phase, lr, mom
 
 
 class Schedule:
-    """Base class: ``schedule(t) -> (lrs per group, momentums per group or None)``."""
+    """Base class: ``schedule(t) -> (lrs per group, momentums per group or None)``.
+
+    A subclass either sets ``phases`` (a list of :class:`Phase`, read by
+    :func:`evaluate`; ``period`` makes it repeat) or overrides ``__call__``.
+    """
 
     #: Iterations the schedule is defined for (``None``: unbounded).
     total: int | None = None
+    #: The phase table repeats every ``period`` steps (``None``: it covers the whole run).
+    period: int | None = None
+    phases: Sequence[Phase] = ()
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
-        raise NotImplementedError
+        if not self.phases:
+            raise NotImplementedError(f"{type(self).__name__}: set phases or override __call__(t)")
+        phase, lr, mom = evaluate(self.phases, t % self.period if self.period else t)
+        lrs = self._group_lrs(lr, phase)
+        if mom is None:
+            return lrs, None
+        return lrs, mom if isinstance(mom, list) else [mom] * len(lrs)
+
+    def _group_lrs(self, level: Any, phase: Phase) -> list[float]:
+        if phase.divisor is not None:
+            return [lr * level / phase.divisor for lr in self.lrs]
+        return level if isinstance(level, list) else [level]
 
     def position(self, t: int) -> tuple[int, int]:
         """``(cycle, iteration in cycle)`` of step ``t``."""
@@ -49,7 +166,7 @@ class Schedule:
             if self.total is None:
                 raise ValueError("n: this schedule is unbounded; pass the number of iterations to evaluate")
             n = self.total
-        n = check_int("n", n, minimum=1)
+        n = check_int("n", _scalar(n), minimum=1)
         if self.total is not None and n > self.total:
             raise ValueError(f"n must be <= {self.total} (this schedule's iterations); got {n}")
         group_lrs, group_moms = [], []
@@ -62,6 +179,51 @@ class Schedule:
     def plot(self, n: int | None = None):
         """Plot lr (and momentum when the schedule sets it) over ``n`` iterations; returns the Figure."""
         return self.values(n).plot()
+
+    def describe(self) -> str:
+        """The phase table as text (what ``print(schedule)`` shows)."""
+        if not self.phases:
+            return repr(self)
+        return _phase_table(self._headline(), self.phases, self._display_lr, self.total if not self.period else self.period)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def _headline(self) -> str:
+        total = "unbounded" if self.total is None else f"{self.total} steps"
+        return f"{type(self).__name__}: {total}"
+
+    def _display_lr(self, level: Level, phase: Phase) -> float:
+        return self._group_lrs(list(level) if isinstance(level, tuple) else level, phase)[-1]
+
+
+def _phase_table(headline: str, phases: Sequence[Phase], lr_of: Callable[[Level, Phase], float],
+                 length: int | None) -> str:
+    rows = [("phase", "steps", "anneal", "lr", "momentum")]
+    first = 0
+    for phase in phases:
+        last = phase.last if math.isfinite(phase.last) else (length - 1 if length else math.inf)
+        last_step = math.floor(last)
+        steps = f"{first}-{last_step}" if math.isfinite(last) else f"{first}-"
+        a, b = phase.lr[::-1] if phase.reverse else phase.lr
+        lr = _arrow(lr_of(a, phase), lr_of(b, phase), phase.anneal)
+        mom = "-"
+        if phase.mom is not None:
+            ma, mb = phase.mom[::-1] if phase.reverse else phase.mom
+            mom = _arrow(_last(ma), _last(mb), phase.anneal)
+        rows.append((phase.name, steps, phase.anneal, lr, mom))
+        first = last_step + 1
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([headline] + lines)
+
+
+def _last(level: Level) -> float:
+    return level[-1] if isinstance(level, tuple) else level
+
+
+def _arrow(a: float, b: float, kind: str) -> str:
+    return f"{a:.4g}" if kind == "constant" or a == b else f"{a:.4g} -> {b:.4g}"
 
 
 @dataclass
@@ -89,7 +251,7 @@ class ScheduleValues:
 
     def plot(self, title: str | None = None):
         """lr panel, plus a momentum panel when momentum is scheduled; returns the Figure."""
-        from .plots import plot_lr_mom
+        from .plots import plot_lr_mom  # matplotlib only when a picture is asked for
 
         return plot_lr_mom(self.iterations, self.lrs, self.momentums, title=title or self.name)
 
@@ -108,6 +270,9 @@ class ConstantLR(Schedule):
     total: int | None = None
     cycle_iters: int | None = None
 
+    def __post_init__(self) -> None:
+        self.phases = [Phase("constant", 0, 0, math.inf, "constant", (1.0, 1.0), divisor=1.0)]
+
     def position(self, t: int) -> tuple[int, int]:
         if self.cycle_iters is None:
             return 0, t
@@ -117,7 +282,7 @@ class ConstantLR(Schedule):
         return self.cycle_iters or self.total or 1
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
-        return list(self.lrs), None
+        return list(self.lrs), None  # the table's lr * 1 / 1, without the arithmetic
 
 
 def _geometric_epochs(cycle_len: int, cycle_mult: int, n_cycle: int) -> int:
@@ -130,10 +295,12 @@ def _geometric_epochs(cycle_len: int, cycle_mult: int, n_cycle: int) -> int:
 class SGDR(Schedule):
     """Cosine annealing with warm restarts (fastai 0.7 ``CosAnneal``).
 
-    Cycle ``k`` has ``N_k = nb * cycle_len * cycle_mult**k`` iterations. Global
-    iterations ``i < N_0 / 20`` use ``lr / 100`` (warm-up); otherwise
-    ``lr_t = lr / 2 * (1 + cos(pi * t / N_k))`` with ``t`` counted from the start
-    of cycle ``k``.
+    Cycle ``k`` has ``N_k = nb * cycle_len * cycle_mult**k`` iterations and starts at
+    global iteration ``S_k``. Warm-up: global iterations ``i < N_k / 20`` of cycle
+    ``k`` use ``lr / 100`` (fastai compares the global iteration with the current
+    cycle's length, so only the first cycle warms up unless ``cycle_mult > 20``);
+    otherwise ``lr_t = lr / 2 * (1 + cos(pi * t / N_k))`` with ``t = i - S_k``
+    counted from the start of cycle ``k`` (warm-up iterations count towards ``t``).
     """
 
     lrs: GroupValues
@@ -145,6 +312,17 @@ class SGDR(Schedule):
     def __post_init__(self) -> None:
         self.cycle_lengths = [self.nb * self.cycle_len * self.cycle_mult**k for k in range(self.n_cycle)]
         self.total = sum(self.cycle_lengths)
+        self.phases = []
+        begin = 0
+        for k, n in enumerate(self.cycle_lengths):
+            if begin < n / 20:
+                # the last integer i with i < n / 20, within the cycle
+                warm_last = min(math.ceil(n / 20) - 1, begin + n - 1)
+                self.phases.append(Phase(f"warm-up {k}", begin, begin + n, warm_last, "constant", (1.0, 1.0),
+                                         divisor=100.0))
+            self.phases.append(Phase(f"cycle {k}", begin, begin + n, begin + n - 1, "cos", (1.0, 0.0),
+                                     divisor=1.0, fastai_angle=True))
+            begin += n
 
     def position(self, t: int) -> tuple[int, int]:
         for k, n in enumerate(self.cycle_lengths):
@@ -160,11 +338,12 @@ class SGDR(Schedule):
         return self.cycle_lengths[min(k, len(self.cycle_lengths) - 1)]
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
-        if t < self.cycle_lengths[0] / 20:
-            return [lr / 100 for lr in self.lrs], None
-        k, t_in = self.position(t)
-        n = self.cycle_iterations(t)
-        return [lr / 2 * (1 + math.cos(math.pi * t_in / n)) for lr in self.lrs], None
+        if not 0 <= t < self.total:
+            raise ValueError(f"t must be in [0, {self.total - 1}] (the planned {self.n_cycle} cycles); got {t}")
+        return super().__call__(t)
+
+    def _headline(self) -> str:
+        return f"SGDR: {self.n_cycle} cycle(s), {self.total} steps (lr of the last group)"
 
 
 class _RepeatedCycle(Schedule):
@@ -183,12 +362,17 @@ class _RepeatedCycle(Schedule):
     def cycle_iterations(self, t: int) -> int:
         return self.cycle_iters
 
+    def _headline(self) -> str:
+        return (f"{type(self).__name__}: {self.n_cycle} cycle(s) of {self.cycle_iters} steps "
+                f"(one cycle shown; lr of the last group)")
+
 
 @dataclass
 class CircularLR(_RepeatedCycle):
     """Slanted triangle per cycle (fastai 0.7 ``use_clr=(div, cut_div[, max_mom, min_mom])``).
 
-    ``c = floor(N / cut_div)``; ``p = t / c`` for ``t <= c`` else ``1 - (t - c) / (N - c)``;
+    ``c = N // cut_div`` (Python's floor division, as fastai: ``13 // 2.6 == 4``);
+    ``p = t / c`` for ``t <= c`` else ``1 - (t - c) / (N - c)``;
     ``lr_t = lr * (1 + p * (div - 1)) / div``; ``mom_t = max_mom - p * (max_mom - min_mom)``.
     Every cycle has the same length ``N``.
     """
@@ -201,24 +385,22 @@ class CircularLR(_RepeatedCycle):
     n_cycle: int = 1
 
     def __post_init__(self) -> None:
-        self.peak = math.floor(self.cycle_iters / self.cut_div)
+        # fastai 0.7 writes nb // cut_div: with a float cut_div this can be one below floor(N / cut_div)
+        self.peak = int(self.cycle_iters // self.cut_div)
         if self.peak < 1:
             raise ValueError(
                 f"use_clr: cut_div={self.cut_div} puts the peak before the first iteration of a "
-                f"{self.cycle_iters}-iteration cycle (floor(N / cut_div) must be >= 1); "
+                f"{self.cycle_iters}-iteration cycle (N // cut_div must be >= 1); "
                 "lower cut_div or lengthen the cycle"
             )
         self.total = self.cycle_iters * self.n_cycle
-
-    def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
-        _, t = self.position(t)
-        c, n = self.peak, self.cycle_iters
-        p = t / c if t <= c else 1 - (t - c) / (n - c)
-        lrs = [lr * (1 + p * (self.div - 1)) / self.div for lr in self.lrs]
-        if self.moms is None:
-            return lrs, None
-        max_mom, min_mom = self.moms
-        return lrs, [max_mom - p * (max_mom - min_mom)] * len(self.lrs)
+        self.period = self.cycle_iters
+        c, n, div = self.peak, self.cycle_iters, self.div
+        mom = None if self.moms is None else tuple(self.moms)
+        self.phases = [
+            Phase("up", 0, c, c, "linear", (1.0, div), mom, divisor=div),
+            Phase("down", c, n, math.inf, "linear", (1.0, div), mom, divisor=div, reverse=True),
+        ]
 
 
 @dataclass
@@ -247,21 +429,16 @@ class OneCycle(_RepeatedCycle):
                 "(cycle_len, or fewer accumulated batches) or lower pct"
             )
         self.total = self.cycle_iters * self.n_cycle
-
-    def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
-        _, t = self.position(t)
+        self.period = self.cycle_iters
         c, n, div = self.half, self.cycle_iters, self.div
-        if t > 2 * c:
-            a = (t - 2 * c) / (n - 2 * c)
-            lrs = [lr * (1 - 0.99 * a) / div for lr in self.lrs]
-            moms = None if self.moms is None else [self.moms[0]] * len(self.lrs)
-            return lrs, moms
-        p = t / c if t <= c else 1 - (t - c) / c
-        lrs = [lr * (1 + p * (div - 1)) / div for lr in self.lrs]
-        if self.moms is None:
-            return lrs, None
-        max_mom, min_mom = self.moms
-        return lrs, [max_mom - p * (max_mom - min_mom)] * len(self.lrs)
+        mom = None if self.moms is None else tuple(self.moms)
+        held = None if self.moms is None else (self.moms[0], self.moms[0])
+        # 1 + (0.01 - 1) * a is exactly fastai's 1 - 0.99 * a: 0.01 - 1 rounds to -0.99
+        self.phases = [
+            Phase("up", 0, c, c, "linear", (1.0, div), mom, divisor=div),
+            Phase("down", c, 2 * c, 2 * c, "linear", (1.0, div), mom, divisor=div, reverse=True),
+            Phase("annihilation", 2 * c, n, math.inf, "linear", (1.0, 0.01), held, divisor=div),
+        ]
 
 
 # --------------------------------------------------------------------------- PyTorch-compatible schedules
@@ -283,6 +460,21 @@ class _ExpRangeScale:
         return self.gamma**x
 
 
+def _as_groups(value: Any) -> Any:
+    """A scalar as one group's tuple (a schedule built without the builder); tuples and None unchanged."""
+    return (value,) if isinstance(value, numbers.Real) else value
+
+
+def _arg(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
+    """A schedule field that is also a user-facing argument, with its one-line documentation."""
+    return field(default=default, metadata={"doc": doc})
+
+
+def _run_length(doc: str) -> Any:
+    """A field that is not one of torch's arguments (the run's length, set by the fit)."""
+    return field(default=None, metadata={"doc": doc, "argument": False})
+
+
 @dataclass
 class CyclicLR(Schedule):
     """Values of ``torch.optim.lr_scheduler.CyclicLR`` after ``t`` steps, per group.
@@ -292,22 +484,27 @@ class CyclicLR(Schedule):
     ``lr = base + (max - base) * s * scale``, ``mom = max_m - (max_m - base_m) * s * scale``,
     with ``scale`` 1 (triangular), ``1 / 2**(cycle-1)`` (triangular2), ``gamma**t``
     (exp_range) or ``scale_fn(cycle)`` / ``scale_fn(t)`` per ``scale_mode``.
+
+    The fields are torch's arguments, in torch's order and with its defaults (the
+    builder stores lrs and momenta as one value per group), plus ``total``.
     """
 
-    base_lrs: GroupValues
-    max_lrs: GroupValues
-    step_size_up: float = 2000
-    step_size_down: float | None = None
-    mode: str = "triangular"
-    gamma: float = 1.0
-    scale_fn: Callable[[float], float] | None = None
-    scale_mode: str = "cycle"
-    cycle_momentum: bool = True
-    base_moms: GroupValues | None = None
-    max_moms: GroupValues | None = None
-    total: int | None = None
+    base_lr: float | Sequence[float] = _arg(doc="lower lr bound (one value, or one per param group)")
+    max_lr: float | Sequence[float] = _arg(doc="upper lr bound (one value, or one per param group)")
+    step_size_up: float = _arg(2000, "iterations from base_lr up to max_lr")
+    step_size_down: float | None = _arg(None, "iterations back down (None: step_size_up)")
+    mode: str = _arg("triangular", "'triangular', 'triangular2' (amplitude halves each cycle) or 'exp_range'")
+    gamma: float = _arg(1.0, "exp_range: the amplitude is multiplied by gamma**iteration")
+    scale_fn: Callable[[float], float] | None = _arg(None, "custom amplitude scale (overrides mode)")
+    scale_mode: str = _arg("cycle", "scale_fn takes the cycle number ('cycle') or the iteration ('iterations')")
+    cycle_momentum: bool = _arg(True, "cycle momentum (betas[0] for Adam) inversely to lr")
+    base_momentum: float | Sequence[float] = _arg(0.8, "lower momentum bound (at the lr peak)")
+    max_momentum: float | Sequence[float] = _arg(0.9, "upper momentum bound (at base_lr)")
+    total: int | None = _run_length("iterations of the run (None: unbounded)")
 
     def __post_init__(self) -> None:
+        for name in ("base_lr", "max_lr", "base_momentum", "max_momentum"):
+            setattr(self, name, _as_groups(getattr(self, name)))
         up = float(self.step_size_up)
         down = float(self.step_size_down) if self.step_size_down is not None else up
         self.total_size = up + down
@@ -341,28 +538,26 @@ class CyclicLR(Schedule):
         else:
             s = (x - 1) / (self.step_ratio - 1)
         scale = self._scale(cycle if self._scale_mode == "cycle" else t)
-        lrs = [base + (top - base) * s * scale for base, top in zip(self.base_lrs, self.max_lrs)]
+        lrs = [base + (top - base) * s * scale for base, top in zip(self.base_lr, self.max_lr)]
         if not self.cycle_momentum:
             return lrs, None
-        moms = [top - (top - base) * s * scale for base, top in zip(self.base_moms, self.max_moms)]
+        moms = [top - (top - base) * s * scale for base, top in zip(self.base_momentum, self.max_momentum)]
         return lrs, moms
 
-
-def _anneal_cos(start: float, end: float, pct: float) -> float:
-    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
-
-
-def _anneal_linear(start: float, end: float, pct: float) -> float:
-    return (end - start) * pct + start
-
-
-@dataclass
-class _Phase:
-    end_step: float
-    start_lr: str
-    end_lr: str
-    start_mom: str
-    end_mom: str
+    def describe(self) -> str:
+        """One cycle as a two-row table: torch's triangle, its amplitude times the mode's scale."""
+        up, down = self.step_ratio * self.total_size, self.total_size - self.step_ratio * self.total_size
+        base, top = self.base_lr[-1], self.max_lr[-1]
+        mom = (self.max_momentum[-1], self.base_momentum[-1]) if self.cycle_momentum else None
+        phases = [Phase("up", 0, up, up, "linear", (base, top), mom),
+                  # the next cycle starts at up + down
+                  Phase("down", up, up + down, math.nextafter(up + down, 0), "linear", (top, base),
+                        None if mom is None else mom[::-1])]
+        scale = self.scale_fn.__name__ if self.scale_fn is not None else self.mode
+        table = _phase_table(f"CyclicLR: cycles of {self.total_size:g} steps "
+                             f"({'unbounded' if self.total is None else f'{self.total} steps'}; last group)",
+                             phases, lambda level, phase: level, None)
+        return f"{table}\namplitude (max - base) times scale: {scale} ({self._scale_mode})"
 
 
 @dataclass
@@ -373,45 +568,43 @@ class OneCycleLR(Schedule):
     steps, then anneal to ``max_lr / div_factor / final_div_factor``) or, with
     ``three_phase``, three (up, back down to the initial lr, then annihilate).
     Momentum mirrors lr between ``max_momentum`` and ``base_momentum``.
+
+    The fields are torch's arguments with its defaults (``total`` stands for
+    ``total_steps``; the builder stores lrs and momenta as one value per group).
     """
 
-    max_lrs: GroupValues
-    total: int
-    pct_start: float = 0.3
-    anneal_strategy: str = "cos"
-    cycle_momentum: bool = True
-    base_moms: GroupValues = (0.85,)
-    max_moms: GroupValues = (0.95,)
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    three_phase: bool = False
+    max_lr: float | Sequence[float] = _arg(doc="peak lr (one value, or one per param group)")
+    total: int = field(default=None, metadata={"doc": "total_steps: epochs * steps per epoch", "argument": False})
+    pct_start: float = _arg(0.3, "fraction of the steps spent raising the lr")
+    anneal_strategy: str = _arg("cos", "'cos' or 'linear' annealing within each phase")
+    cycle_momentum: bool = _arg(True, "cycle momentum (betas[0] for Adam) inversely to lr")
+    base_momentum: float | Sequence[float] = _arg(0.85, "momentum at the lr peak")
+    max_momentum: float | Sequence[float] = _arg(0.95, "momentum at the start and the end")
+    div_factor: float = _arg(25.0, "initial lr = max_lr / div_factor")
+    final_div_factor: float = _arg(1e4, "final lr = initial lr / final_div_factor")
+    three_phase: bool = _arg(False, "up, back down to the initial lr, then annihilate (instead of up, down)")
 
     def __post_init__(self) -> None:
+        for name in ("max_lr", "base_momentum", "max_momentum"):
+            setattr(self, name, _as_groups(getattr(self, name)))
         n = self.total
+        initial = tuple(top / self.div_factor for top in self.max_lr)
+        points = {"initial": initial, "max": tuple(self.max_lr),
+                  "min": tuple(lr / self.final_div_factor for lr in initial),
+                  "max_m": tuple(self.max_momentum), "base_m": tuple(self.base_momentum)}
         if self.three_phase:
-            self.phases = [
-                _Phase(float(self.pct_start * n) - 1, "initial", "max", "max_m", "base_m"),
-                _Phase(float(2 * self.pct_start * n) - 2, "max", "initial", "base_m", "max_m"),
-                _Phase(n - 1, "initial", "min", "max_m", "max_m"),
-            ]
+            rows = [("up", float(self.pct_start * n) - 1, "initial", "max", "max_m", "base_m"),
+                    ("down", float(2 * self.pct_start * n) - 2, "max", "initial", "base_m", "max_m"),
+                    ("annihilation", n - 1, "initial", "min", "max_m", "max_m")]
         else:
-            self.phases = [
-                _Phase(float(self.pct_start * n) - 1, "initial", "max", "max_m", "base_m"),
-                _Phase(n - 1, "max", "min", "base_m", "max_m"),
-            ]
-        self.anneal = _anneal_cos if self.anneal_strategy == "cos" else _anneal_linear
-        self.points = []
-        for g, top in enumerate(self.max_lrs):
-            initial = top / self.div_factor
-            self.points.append(
-                {
-                    "initial": initial,
-                    "max": top,
-                    "min": initial / self.final_div_factor,
-                    "max_m": self.max_moms[g],
-                    "base_m": self.base_moms[g],
-                }
-            )
+            rows = [("up", float(self.pct_start * n) - 1, "initial", "max", "max_m", "base_m"),
+                    ("down", n - 1, "max", "min", "base_m", "max_m")]
+        self.phases, start = [], 0.0
+        for i, (name, end, lr_a, lr_b, mom_a, mom_b) in enumerate(rows):
+            last = math.inf if i == len(rows) - 1 else end
+            mom = (points[mom_a], points[mom_b]) if self.cycle_momentum else None
+            self.phases.append(Phase(name, start, end, last, self.anneal_strategy, (points[lr_a], points[lr_b]), mom))
+            start = end
 
     @property
     def has_momentum(self) -> bool:
@@ -421,16 +614,7 @@ class OneCycleLR(Schedule):
         if not 0 <= t < self.total:
             # torch would extrapolate one step past the end; the contract stops at the last step.
             raise ValueError(f"t must be in [0, {self.total - 1}] (total_steps={self.total}); got {t}")
-        start = 0.0
-        for i, phase in enumerate(self.phases):
-            if t <= phase.end_step or i == len(self.phases) - 1:
-                pct = (t - start) / (phase.end_step - start)
-                break
-            start = phase.end_step
-        lrs = [self.anneal(p[phase.start_lr], p[phase.end_lr], pct) for p in self.points]
-        if not self.cycle_momentum:
-            return lrs, None
-        return lrs, [self.anneal(p[phase.start_mom], p[phase.end_mom], pct) for p in self.points]
+        return super().__call__(t)
 
 
 # --------------------------------------------------------------------------- range-test sweep
@@ -450,17 +634,189 @@ class LRSweep(Schedule):
     total: int
     linear: bool = False
 
-    def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
+    def __post_init__(self) -> None:
         start = self.start_lrs[-1]
-        frac = t / (self.total - 1) if self.total > 1 else 0.0
-        if self.linear:
-            last = start + (self.end_lr - start) * frac
-        else:
-            last = start * (self.end_lr / start) ** frac
-        return [last if s == start else s * (last / start) for s in self.start_lrs], None
+        kind = "constant" if self.total <= 1 else "linear" if self.linear else "exp"
+        self.phases = [Phase("sweep", 0, self.total - 1, math.inf, kind, (start, self.end_lr))]
+
+    def _group_lrs(self, level: Level, phase: Phase) -> list[float]:
+        start = self.start_lrs[-1]
+        return [level if s == start else s * (level / start) for s in self.start_lrs]
+
+    def _headline(self) -> str:
+        return f"LRSweep: {self.total} steps (lr of the last group)"
+
+
+# --------------------------------------------------------------------------- argument specs
+
+
+def _scalar(value: Any) -> Any:
+    """A numpy scalar or 0-d array/tensor as the Python number it holds; anything else unchanged."""
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """A value as plain Python (numbers, str, None, tuples, dicts): comparable and safe for ``weights_only``."""
+    value = _scalar(value)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if callable(value):
+        return _callable_name(value)
+    return repr(value)
+
+
+def _callable_name(fn: Callable) -> str:
+    """``module.qualname`` plus a digest of a Python function's code, so an edited function compares unequal."""
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return name if hasattr(fn, "__qualname__") else repr(fn)
+    digest = hashlib.sha1(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+    return f"{name}#{digest}"
+
+
+@dataclass(frozen=True)
+class ArgumentSpec:
+    """One family of schedule arguments (names, defaults, annotations, docs), written once.
+
+    ``signature()`` gives them as an ``inspect.Signature`` (with extra leading or
+    trailing parameters), ``bind()`` turns a call's arguments into a full dict
+    (defaults filled in), ``arguments()`` reads them back from a built schedule.
+    """
+
+    name: str
+    parameters: tuple[inspect.Parameter, ...]
+    docs: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_fields(cls, name: str, schedule: type) -> "ArgumentSpec":
+        """The argument fields of a schedule dataclass (those not marked ``argument: False``), in order."""
+        params, docs = [], []
+        for f in dataclasses.fields(schedule):
+            if not f.init or not f.metadata.get("argument", True):
+                continue
+            default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+            params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                            default=default, annotation=f.type))
+            docs.append((f.name, f.metadata.get("doc", "")))
+        return cls(name, tuple(params), tuple(docs))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The argument names, in order."""
+        return tuple(p.name for p in self.parameters)
+
+    def defaults(self) -> dict[str, Any]:
+        """``{name: default}`` for the arguments that have one."""
+        return {p.name: p.default for p in self.parameters if p.default is not inspect.Parameter.empty}
+
+    def doc(self, name: str) -> str:
+        """The one-line documentation of argument ``name``."""
+        return dict(self.docs)[name]
+
+    def signature(self, before: Sequence[inspect.Parameter] = (), after: Sequence[inspect.Parameter] = (),
+                  return_annotation: Any = inspect.Signature.empty) -> inspect.Signature:
+        """These arguments between ``before`` and ``after`` (e.g. ``self, epochs`` and ``**options``)."""
+        return inspect.Signature([*before, *self.parameters, *after], return_annotation=return_annotation)
+
+    def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Every argument's value for this call, defaults filled in (``TypeError`` for a bad call)."""
+        unknown = sorted(set(kwargs) - set(self.names))
+        if unknown:
+            raise TypeError(f"{self.name}: unknown argument(s) {', '.join(map(repr, unknown))}; "
+                            f"its arguments are {', '.join(self.names)}")
+        try:
+            bound = self.signature().bind(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{self.name}: {err}; its arguments are {', '.join(self.names)}") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``kwargs`` divided into this family's arguments and the rest."""
+        ours = {k: v for k, v in kwargs.items() if k in self.names}
+        return ours, {k: v for k, v in kwargs.items() if k not in ours}
+
+    def arguments(self, schedule: Schedule) -> dict[str, Any]:
+        """The arguments a built schedule holds, as plain values."""
+        return {name: _plain(getattr(schedule, name)) for name in self.names}
+
+
+#: ``torch.optim.lr_scheduler.CyclicLR``'s arguments (``learn.fit_cyclic`` after ``epochs``).
+CYCLIC = ArgumentSpec.from_fields("fit_cyclic", CyclicLR)
+#: ``torch.optim.lr_scheduler.OneCycleLR``'s arguments (``learn.fit_one_cycle`` after ``epochs``).
+ONE_CYCLE = ArgumentSpec.from_fields("fit_one_cycle", OneCycleLR)
+
+_P = inspect.Parameter
+#: ``learn.fit``'s schedule arguments (fastai 0.7's names and defaults).
+FIT = ArgumentSpec("fit", (
+    _P("lrs", _P.POSITIONAL_OR_KEYWORD, annotation="float | Sequence[float]"),
+    _P("n_cycle", _P.POSITIONAL_OR_KEYWORD, annotation="int"),
+    _P("cycle_len", _P.POSITIONAL_OR_KEYWORD, default=None, annotation="int | None"),
+    _P("cycle_mult", _P.POSITIONAL_OR_KEYWORD, default=1, annotation="int"),
+    _P("use_clr", _P.POSITIONAL_OR_KEYWORD, default=None, annotation="Sequence[float] | None"),
+    _P("use_clr_beta", _P.POSITIONAL_OR_KEYWORD, default=None, annotation="Sequence[float] | None"),
+), docs=(
+    ("lrs", "learning rate: one value, or one per layer group (the peak of cyclical schedules)"),
+    ("n_cycle", "number of cycles (epochs when cycle_len is None)"),
+    ("cycle_len", "epochs per cycle; turns on SGDR, or the use_clr / use_clr_beta cycles"),
+    ("cycle_mult", "SGDR: each cycle is cycle_mult times longer than the previous one"),
+    ("use_clr", "(div, cut_div) or (div, cut_div, max_mom, min_mom): CircularLR"),
+    ("use_clr_beta", "(div, pct) or (div, pct, max_mom, min_mom): the 1cycle policy"),
+))
+#: The leading argument of ``fit_cyclic`` / ``fit_one_cycle``.
+EPOCHS = _P("epochs", _P.POSITIONAL_OR_KEYWORD, annotation="int")
+
+
+def arguments(schedule: Schedule) -> dict[str, Any]:
+    """A schedule's own arguments as plain values, with its class: what makes two schedules the same.
+
+    Dataclass schedules give their fields; any other ``Schedule`` its public
+    attributes. Callables (``scale_fn``) are named by module, qualified name and a
+    digest of their code. Loadable with ``torch.load(weights_only=True)``.
+    """
+    cls = type(schedule)
+    out: dict[str, Any] = {"schedule": f"{cls.__module__}.{cls.__qualname__}"}
+    if dataclasses.is_dataclass(schedule):
+        out.update({f.name: _plain(getattr(schedule, f.name)) for f in dataclasses.fields(schedule)})
+    else:
+        out.update({k: _plain(v) for k, v in sorted(vars(schedule).items()) if not k.startswith("_")})
+    return out
 
 
 # --------------------------------------------------------------------------- builders
+
+
+def _number(name: str, value: Any, **bounds: Any) -> float:
+    return check_number(name, _scalar(value), **bounds)
+
+
+def _integer(name: str, value: Any, **bounds: Any) -> int:
+    return check_int(name, _scalar(value), **bounds)
+
+
+def _flag(name: str, value: Any) -> bool:
+    return check_bool(name, _scalar(value))
+
+
+def _group_values(name: str, value: Any, n_groups: int, **bounds: Any) -> tuple[float, ...]:
+    if isinstance(value, (list, tuple)):
+        value = [_scalar(v) for v in value]
+    return as_group_values(name, _scalar(value), n_groups, **bounds)
 
 
 def _check_mom_pair(name: str, values: Sequence[float]) -> tuple[float, float]:
@@ -479,9 +835,10 @@ def fit_schedule(
     use_clr_beta: Sequence[float] | None = None,
 ) -> tuple[Schedule, int]:
     """The schedule and number of epochs for ``learn.fit``'s arguments (fastai 0.7 rules)."""
-    n_cycle = check_int("n_cycle", n_cycle, minimum=1)
-    cycle_mult = check_int("cycle_mult", cycle_mult, minimum=1)
-    lrs = tuple(lrs)
+    n_cycle = _integer("n_cycle", n_cycle, minimum=1)
+    cycle_mult = _integer("cycle_mult", cycle_mult, minimum=1)
+    nb = _integer("nb (steps per epoch)", nb, minimum=1)
+    lrs = tuple(float(_scalar(lr)) for lr in lrs)
     if use_clr is not None and use_clr_beta is not None:
         raise ValueError("use_clr and use_clr_beta: pass at most one of them (got both)")
     if cycle_len is None:
@@ -491,7 +848,7 @@ def fit_schedule(
         if cycle_mult != 1:
             raise ValueError(f"cycle_mult={cycle_mult} needs cycle_len; got cycle_len=None")
         return ConstantLR(lrs, total=nb * n_cycle, cycle_iters=nb), n_cycle
-    cycle_len = check_int("cycle_len", cycle_len, minimum=1)
+    cycle_len = _integer("cycle_len", cycle_len, minimum=1)
     n_epochs = _geometric_epochs(cycle_len, cycle_mult, n_cycle)
     cycle_iters = nb * cycle_len
     n_cycles_total = n_epochs // cycle_len
@@ -511,103 +868,136 @@ def fit_schedule(
 
 
 def _check_tuple(name: str, values: Any, allowed: str) -> tuple[float, ...]:
+    if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
+        values = values.tolist()  # a numpy array or a tensor of the values
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise TypeError(f"{name} must be a tuple {allowed}; got {values!r}")
     if len(values) not in (2, 4):
         raise ValueError(f"{name} must have 2 or 4 values {allowed}; got {len(values)}: {tuple(values)!r}")
-    return tuple(check_number(f"{name}[{i}]", v) for i, v in enumerate(values))
+    return tuple(_number(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
-def cyclic_schedule(
-    n_groups: int,
-    base_lr: float | Sequence[float],
-    max_lr: float | Sequence[float],
-    step_size_up: float = 2000,
-    step_size_down: float | None = None,
-    mode: str = "triangular",
-    gamma: float = 1.0,
-    scale_fn: Callable[[float], float] | None = None,
-    scale_mode: str = "cycle",
-    cycle_momentum: bool = True,
-    base_momentum: float | Sequence[float] = 0.8,
-    max_momentum: float | Sequence[float] = 0.9,
-    total: int | None = None,
-) -> CyclicLR:
-    """A :class:`CyclicLR` from ``torch.optim.lr_scheduler.CyclicLR``'s arguments, validated.
+_N_GROUPS = _P("n_groups", _P.POSITIONAL_OR_KEYWORD, annotation="int")
 
-    Momentum bounds only have to be >= 0: like torch (whose own tests cycle momentum
-    between 1 and 5), values above 1 are the caller's choice.
+
+def cyclic_schedule(n_groups: int, *args: Any, **kwargs: Any) -> CyclicLR:
+    """A :class:`CyclicLR` from ``torch.optim.lr_scheduler.CyclicLR``'s arguments (:data:`CYCLIC`), validated.
+
+    Accepts what torch accepts: lrs >= 0 (``base_lr=0`` included), ``step_size_down=0``
+    (a sawtooth); momentum bounds only have to be >= 0 (torch's own
+    tests cycle momentum between 1 and 5). ``total`` is the run's length.
     """
-    base = as_group_values("base_lr", base_lr, n_groups, positive=True)
-    top = as_group_values("max_lr", max_lr, n_groups, positive=True)
-    check_number("step_size_up", step_size_up, minimum=0.0, exclusive_min=True)
-    if step_size_down is not None:
-        check_number("step_size_down", step_size_down, minimum=0.0, exclusive_min=True)
+    a = _bind(cyclic_schedule, n_groups, *args, **kwargs)
+    n_groups = a["n_groups"]
+    base = _group_values("base_lr", a["base_lr"], n_groups, minimum=0.0)
+    top = _group_values("max_lr", a["max_lr"], n_groups, minimum=0.0)
+    up = _number("step_size_up", a["step_size_up"], minimum=0.0, exclusive_min=True)
+    down = a["step_size_down"]
+    if down is not None:
+        down = _number("step_size_down", down, minimum=0.0)
+    scale_fn, mode = a["scale_fn"], a["mode"]
     if scale_fn is None:
         check_choice("mode", mode, ("triangular", "triangular2", "exp_range"), extra=" (or pass scale_fn)")
     elif not callable(scale_fn):
         raise TypeError(f"scale_fn must be callable; got {scale_fn!r}")
-    check_choice("scale_mode", scale_mode, ("cycle", "iterations"))
-    check_number("gamma", gamma, minimum=0.0, exclusive_min=True)
-    check_bool("cycle_momentum", cycle_momentum)
-    base_m = top_m = None
+    check_choice("scale_mode", a["scale_mode"], ("cycle", "iterations"))
+    gamma = _number("gamma", a["gamma"], minimum=0.0, exclusive_min=True)
+    cycle_momentum = _flag("cycle_momentum", a["cycle_momentum"])
+    base_m, top_m = _plain(a["base_momentum"]), _plain(a["max_momentum"])  # torch ignores them without cycling
     if cycle_momentum:
-        base_m = as_group_values("base_momentum", base_momentum, n_groups, minimum=0.0)
-        top_m = as_group_values("max_momentum", max_momentum, n_groups, minimum=0.0)
-    return CyclicLR(base, top, step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode,
-                    bool(cycle_momentum), base_m, top_m, total)
+        base_m = _group_values("base_momentum", a["base_momentum"], n_groups, minimum=0.0)
+        top_m = _group_values("max_momentum", a["max_momentum"], n_groups, minimum=0.0)
+    total = a["total"]
+    if total is not None:
+        total = _integer("total", total, minimum=1)
+    return CyclicLR(base, top, up, down, mode, gamma, scale_fn, a["scale_mode"], cycle_momentum, base_m, top_m, total)
 
 
-def one_cycle_schedule(
-    n_groups: int,
-    max_lr: float | Sequence[float],
-    total: int,
-    pct_start: float = 0.3,
-    anneal_strategy: str = "cos",
-    cycle_momentum: bool = True,
-    base_momentum: float | Sequence[float] = 0.85,
-    max_momentum: float | Sequence[float] = 0.95,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    three_phase: bool = False,
-) -> OneCycleLR:
-    """A :class:`OneCycleLR` from ``torch.optim.lr_scheduler.OneCycleLR``'s arguments, validated.
+def one_cycle_schedule(n_groups: int, *args: Any, **kwargs: Any) -> OneCycleLR:
+    """A :class:`OneCycleLR` from ``torch.optim.lr_scheduler.OneCycleLR``'s arguments (:data:`ONE_CYCLE`), validated.
 
-    As in torch, momentum bounds only have to be >= 0.
+    ``total`` is torch's ``total_steps``. As in torch, ``max_lr`` may be 0 and momentum
+    bounds only have to be >= 0.
     """
-    top = as_group_values("max_lr", max_lr, n_groups, positive=True)
-    total = check_int("total_steps (epochs * batches per epoch)", total, minimum=1)
-    pct_start = check_number("pct_start", pct_start, minimum=0.0, maximum=1.0)
-    check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
-    check_number("div_factor", div_factor, minimum=0.0, exclusive_min=True)
-    check_number("final_div_factor", final_div_factor, minimum=0.0, exclusive_min=True)
-    check_bool("cycle_momentum", cycle_momentum)
-    check_bool("three_phase", three_phase)
-    base_m = as_group_values("base_momentum", base_momentum, n_groups, minimum=0.0)
-    top_m = as_group_values("max_momentum", max_momentum, n_groups, minimum=0.0)
-    sched = OneCycleLR(top, total, float(pct_start), anneal_strategy, bool(cycle_momentum), base_m, top_m,
-                       float(div_factor), float(final_div_factor), bool(three_phase))
+    a = _bind(one_cycle_schedule, n_groups, *args, **kwargs)
+    n_groups = a["n_groups"]
+    top = _group_values("max_lr", a["max_lr"], n_groups, minimum=0.0)
+    total = _integer("total_steps (epochs * batches per epoch)", a["total"], minimum=1)
+    pct_start = _number("pct_start", a["pct_start"], minimum=0.0, maximum=1.0)
+    anneal_strategy = check_choice("anneal_strategy", a["anneal_strategy"], ("cos", "linear"))
+    div_factor = _number("div_factor", a["div_factor"], minimum=0.0, exclusive_min=True)
+    final_div_factor = _number("final_div_factor", a["final_div_factor"], minimum=0.0, exclusive_min=True)
+    cycle_momentum = _flag("cycle_momentum", a["cycle_momentum"])
+    three_phase = _flag("three_phase", a["three_phase"])
+    base_m = _group_values("base_momentum", a["base_momentum"], n_groups, minimum=0.0)
+    top_m = _group_values("max_momentum", a["max_momentum"], n_groups, minimum=0.0)
+    sched = OneCycleLR(top, total, pct_start, anneal_strategy, cycle_momentum, base_m, top_m,
+                       div_factor, final_div_factor, three_phase)
     # A phase of zero length divides by zero where an integer step lands on it (torch fails there too).
     edges = {0, total - 1}
     for phase in sched.phases:
-        edges.update({math.floor(phase.end_step), math.floor(phase.end_step) + 1})
+        edges.update({math.floor(phase.end), math.floor(phase.end) + 1})
     for t in sorted(e for e in edges if 0 <= e < total):
         try:
             sched(t)
         except ZeroDivisionError:
             raise ValueError(
-                f"pct_start={pct_start} with total_steps={total} gives a phase of zero length at step {t}; "
+                f"pct_start={a['pct_start']} with total_steps={total} gives a phase of zero length at step {t}; "
                 "use more steps (epochs) or another pct_start"
             ) from None
     return sched
 
 
-# --------------------------------------------------------------------------- previews
+def _bind(builder: Callable, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    names = list(builder.__signature__.parameters)
+    unknown = sorted(set(kwargs) - set(names))
+    if unknown:
+        raise TypeError(f"{builder.__name__}: unknown argument(s) {', '.join(map(repr, unknown))}; "
+                        f"it takes {', '.join(names)}")
+    try:
+        bound = builder.__signature__.bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"{builder.__name__}: {err}") from None
+    bound.apply_defaults()
+    out = dict(bound.arguments)
+    out["n_groups"] = _integer("n_groups", out["n_groups"], minimum=1)
+    return out
 
-_CYCLIC_KEYS = ("epochs", "base_lr", "max_lr", "step_size_up", "step_size_down", "mode", "gamma", "scale_fn",
-                "scale_mode", "cycle_momentum", "base_momentum", "max_momentum")
-_ONE_CYCLE_KEYS = ("epochs", "max_lr", "pct_start", "anneal_strategy", "cycle_momentum", "base_momentum",
-                   "max_momentum", "div_factor", "final_div_factor", "three_phase")
+
+_TOTAL = _P("total", _P.POSITIONAL_OR_KEYWORD, default=None, annotation="int | None")
+_TOTAL_STEPS = _P("total", _P.POSITIONAL_OR_KEYWORD, annotation="int")
+# The builders' signatures are n_groups plus the schedule's fields in field order: torch's arguments and total.
+cyclic_schedule.__signature__ = CYCLIC.signature([_N_GROUPS], [_TOTAL], return_annotation="CyclicLR")
+one_cycle_schedule.__signature__ = inspect.Signature(
+    [_N_GROUPS, ONE_CYCLE.parameters[0], _TOTAL_STEPS, *ONE_CYCLE.parameters[1:]], return_annotation="OneCycleLR")
+
+
+#: The learner methods whose schedule arguments :func:`schedule_for` takes.
+METHODS = ("fit", "fit_cyclic", "fit_one_cycle")
+
+
+def schedule_for(method: str, n_groups: int, steps_per_epoch: int, *args: Any, **kwargs: Any) -> tuple[Schedule, int]:
+    """``(schedule, epochs)`` of ``learn.<method>(*args, **kwargs)``'s schedule arguments, checked.
+
+    ``method`` is ``"fit"`` (:data:`FIT`), ``"fit_cyclic"`` or ``"fit_one_cycle"``
+    (``epochs`` then :data:`CYCLIC` / :data:`ONE_CYCLE`); ``steps_per_epoch`` counts
+    optimizer steps. The learner's fits and :class:`clrfit.ScheduleLR` both build
+    their schedules here.
+    """
+    check_choice("method", method, METHODS)
+    steps = _integer("steps_per_epoch", steps_per_epoch, minimum=1)
+    n_groups = _integer("n_groups", n_groups, minimum=1)
+    if method == "fit":
+        a = FIT.bind(*args, **kwargs)
+        lrs = _group_values("lrs", a["lrs"], n_groups, positive=True)
+        return fit_schedule(lrs, steps, a["n_cycle"], a["cycle_len"], a["cycle_mult"], a["use_clr"], a["use_clr_beta"])
+    spec, build = (CYCLIC, cyclic_schedule) if method == "fit_cyclic" else (ONE_CYCLE, one_cycle_schedule)
+    a = ArgumentSpec(method, (EPOCHS, *spec.parameters)).bind(*args, **kwargs)
+    epochs = _integer("epochs", a.pop("epochs"), minimum=1)
+    return build(n_groups, **a, total=epochs * steps), epochs
+
+
+# --------------------------------------------------------------------------- previews
 
 
 def preview(
@@ -630,7 +1020,7 @@ def preview(
     them ``iterations`` is one epoch and ``epochs`` (default 1) sets the length. Their
     learning rates come from the dict, so ``lr`` must then stay at its default.
     """
-    iterations = check_int("iterations", iterations, minimum=1)
+    iterations = _integer("iterations", iterations, minimum=1)
     if cyclic is not None and one_cycle is not None:
         raise ValueError("cyclic and one_cycle: pass at most one of them (got both)")
     torch_style = "cyclic" if cyclic is not None else "one_cycle" if one_cycle is not None else None
@@ -646,19 +1036,19 @@ def preview(
     if extra:
         raise ValueError(f"{torch_style}: do not combine it with {', '.join(extra)} (they belong to fit-style schedules)")
     if torch_style == "cyclic":
-        kwargs = _preview_kwargs("cyclic", cyclic, _CYCLIC_KEYS, ("base_lr", "max_lr"))
+        kwargs = _preview_kwargs("cyclic", cyclic, ("epochs", *CYCLIC.names), ("base_lr", "max_lr"))
         build = cyclic_schedule
     else:
-        kwargs = _preview_kwargs("one_cycle", one_cycle, _ONE_CYCLE_KEYS, ("max_lr",))
+        kwargs = _preview_kwargs("one_cycle", one_cycle, ("epochs", *ONE_CYCLE.names), ("max_lr",))
         build = one_cycle_schedule
-    epochs = check_int(f"{torch_style}['epochs']", kwargs.pop("epochs", 1), minimum=1)
+    epochs = _integer(f"{torch_style}['epochs']", kwargs.pop("epochs", 1), minimum=1)
     return build(_preview_groups(kwargs), total=epochs * iterations, **kwargs).values()
 
 
 def _preview_lrs(lr: Any) -> tuple[float, ...]:
     if isinstance(lr, Sequence) and not isinstance(lr, (str, bytes)):
-        return as_group_values("lr", lr, len(lr), positive=True)
-    return (check_number("lr", lr, minimum=0.0, exclusive_min=True),)
+        return _group_values("lr", lr, len(lr), positive=True)
+    return (_number("lr", lr, minimum=0.0, exclusive_min=True),)
 
 
 def _preview_kwargs(name: str, values: Any, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:

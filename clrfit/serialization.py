@@ -1,4 +1,9 @@
-"""Files and random state: atomic writes, safe loads, RNG snapshots."""
+"""Files and random state: atomic writes, safe loads, RNG snapshots, and the checkpoint file format.
+
+The checkpoint format (what :func:`read_checkpoint` accepts) is documented in
+:mod:`clrfit.checkpoint` and docs/checkpoints.md; the writer is
+:class:`clrfit.checkpoint.Checkpoint`.
+"""
 from __future__ import annotations
 
 import glob
@@ -12,6 +17,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from .state import COUNTERS
+
+#: Checkpoint format version, stored under ``clrfit_checkpoint``.
+FORMAT = 1
+#: Keys every checkpoint file holds.
+KEYS: tuple[str, ...] = ("clrfit_checkpoint", "model", "opt", "precision", "counters", "epoch_rng_state", "rng_states",
+                         "loader_generators", "callbacks", "setup")
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
@@ -101,6 +114,37 @@ def _reason(err: Exception) -> str:
         return "not a pickle that weights_only loading accepts"
     line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return line[:200]
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a checkpoint file (``weights_only=True``); ``ValueError`` naming what is wrong."""
+    state = load_state(path, "cpu", required=KEYS)  # CPU: RNG states must stay CPU tensors
+    if state["clrfit_checkpoint"] != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state['clrfit_checkpoint']!r}; this clrfit reads format {FORMAT}")
+    problems = []
+    for key in ("model", "opt", "precision", "counters", "rng_states", "callbacks", "setup"):
+        if not isinstance(state[key], dict):
+            problems.append(f"{key} is a {type(state[key]).__name__}, not a dict")
+    if isinstance(state["counters"], dict):
+        for name in COUNTERS:
+            value = state["counters"].get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.append(f"counters[{name!r}] is {value!r}, not an integer >= 0")
+    if not isinstance(state["epoch_rng_state"], torch.Tensor) or state["epoch_rng_state"].dtype != torch.uint8:
+        problems.append("epoch_rng_state is not a torch RNG state (uint8 tensor)")
+    if isinstance(state["rng_states"], dict) and not {"torch", "numpy", "python"} <= set(state["rng_states"]):
+        problems.append("rng_states lacks torch/numpy/python")
+    if not isinstance(state["loader_generators"], list) or not all(
+            isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in state["loader_generators"]):
+        problems.append("loader_generators is not a list of generator states (uint8 tensors)")
+    per_rank = state.get("per_rank")
+    own = {"epoch_rng_state", "rng_states", "loader_generators", "callbacks"}
+    if per_rank is not None and not (isinstance(per_rank, list) and all(
+            isinstance(r, dict) and own <= set(r) for r in per_rank)):
+        problems.append("per_rank is not a list of per-rank states")
+    if problems:
+        raise ValueError(f"{path} is not a usable clrfit checkpoint: {'; '.join(problems)}")
+    return state
 
 
 def get_rng_states() -> dict[str, Any]:

@@ -2,15 +2,15 @@
 
 Run from the repository root: ``python docs/make_api.py`` (writes docs/api.md);
 ``python docs/make_api.py --check`` exits 1 when the committed file is stale.
-Every public module of the package is listed (names without a leading
-underscore); in each, the public classes, functions and constants it defines,
-in source order, with their public methods and properties.
+Only the public API is documented: the names ``clrfit`` exports (``__all__``),
+each class with its public methods and properties, and, for the exported
+modules (``datasets``, ``models``, ``schedules``), the public classes,
+functions and constants they define, in source order. Everything else is
+internal.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 import re
 import sys
 import textwrap
@@ -28,16 +28,24 @@ HEADER = """# API reference
 Generated from the docstrings by `python docs/make_api.py`; do not edit by hand
 (`tests/test_docs.py` checks that this file is up to date). For guides see
 [the docs index](index.md).
+
+This is the whole public API: the names `clrfit` exports (`from clrfit import *`
+brings them all) and the contents of its `datasets`, `models` and `schedules`
+modules. Other modules are internal and may change without notice. Every
+parameter's allowed values are in [parameters](parameters.md).
 """
 
 
-def public_modules(package: Any) -> list[Any]:
-    """The package and its public submodules, imported, in name order."""
-    names = [package.__name__]
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            names.append(f"{package.__name__}.{info.name}")
-    return [importlib.import_module(name) for name in sorted(names)]
+def exported(package: Any) -> tuple[list[tuple[str, Any]], list[Any]]:
+    """(name, object) for each exported class or function, and the exported modules, in name order."""
+    names, modules = [], []
+    for name in sorted(package.__all__):
+        obj = getattr(package, name)
+        if inspect.ismodule(obj):
+            modules.append(obj)
+        else:
+            names.append((name, obj))
+    return names, modules
 
 
 def _line(obj: Any) -> int:
@@ -222,19 +230,18 @@ def render() -> str:
     sys.path.insert(0, str(ROOT))
     import clrfit
 
-    modules = public_modules(clrfit)
-    lines = [HEADER, "## Modules", ""]
+    names, modules = exported(clrfit)
+    lines = [HEADER, "## Contents", ""]
+    lines.append("- [`clrfit`](#clrfit): " + ", ".join(f"`{name}`" for name, _ in names))
     for module in modules:
         summary = (inspect.getdoc(module) or "").split("\n")[0]
-        anchor = module.__name__.replace(".", "")
-        lines.append(f"- [`{module.__name__}`](#{anchor}): {_quote(summary)}")
+        lines.append(f"- [`{module.__name__}`](#{module.__name__.replace('.', '')}): {_quote(summary)}")
     lines.append("")
+    lines += ["## clrfit", "", _quote(inspect.getdoc(clrfit) or ""), ""]
+    for name, obj in names:
+        lines += render_class(name, obj) if inspect.isclass(obj) else render_function(name, obj)
     for module in modules:
         lines += [f"## {module.__name__}", "", _quote(inspect.getdoc(module) or "*(no docstring)*"), ""]
-        if module is clrfit:
-            exported = getattr(clrfit, "__all__", [])
-            lines += ["Exported names: " + ", ".join(f"`{n}`" for n in exported), ""]
-            continue
         for const, text in constants(module):
             lines += [f"- `{const} = {text}`"]
         if constants(module):

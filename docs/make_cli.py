@@ -42,7 +42,10 @@ An LR range test, printing the suggestions and writing the plot:
     clrfit lr-find --dataset mnist1d --num-it 100 -o lr_find.png
 
 1cycle with cyclical momentum on MNIST-1D, then the same with CircularLR and
-with SGDR:
+with SGDR. Each writes `model.pt`, `history.json` (the recorder's lists:
+iterations, lrs, momentums, losses, validation losses and metrics),
+`lr_mom.png` and `loss.png` to `--out` (default `./clrfit-out/fit`, named in
+the output), with a checkpoint there at every epoch end:
 
     clrfit fit --dataset mnist1d --lr 1.0 --cycle-len 10 --use-clr-beta 10,13.68,0.95,0.85 --wds 1e-4
     clrfit fit --dataset mnist1d --lr 0.5 --cycle-len 6 --use-clr 32,5
@@ -60,12 +63,28 @@ The same on 8 GPUs, or on several machines (see [distributed training](distribut
     torchrun --nproc_per_node=8 -m clrfit fit --dataset cifar10 --arch resnet56 --lr 0.8 \\
         --cycle-len 30 --use-clr-beta 10,13.68,0.95,0.85
 
-Schedules, plotted without training:
+Ctrl-C during `fit` finishes the current batch, writes the outputs and the
+checkpoint, and prints where the checkpoint is and the exact command that
+continues the run (the same options plus `--resume`); running that command
+again once the run has finished says so and trains nothing:
 
-    clrfit schedule --use-clr-beta 10,13.68,0.95,0.85 --iterations 1000 -o one_cycle.png
-    clrfit schedule --cyclic 0.001,0.006 --step-size-up 200 --mode triangular2 --iterations 1200 -o clr.png
+    clrfit fit: interrupted by Ctrl-C at epoch 3, iteration 118
+    checkpoint: /home/me/clrfit-out/fit/checkpoint.ckpt
+    resume with: clrfit fit --lr 0.5 --cycle-len 6 --use-clr 32,5 --resume --out /home/me/clrfit-out/fit
 
-Bad input exits with status 2 and a one-line message naming the option.
+Schedules, plotted without training. `--cycle-iterations` is the length of one
+cycle (`cycle_len` times the batches per epoch in `fit`); with `--n-cycle 3
+--cycle-mult 2` the plot holds 1 + 2 + 4 cycles' worth. For `--cyclic` and
+`--one-cycle` it is the whole plot. The plot file's suffix picks its format:
+
+    clrfit schedule --use-clr-beta 10,13.68,0.95,0.85 --cycle-iterations 1000 -o one_cycle.png
+    clrfit schedule --cyclic 0.001,0.006 --step-size-up 200 --mode triangular2 --cycle-iterations 1200 -o clr.png
+
+Every option is checked before any data is loaded (and before torch is
+imported, so `--help` and a bad command line answer at once): bad input exits
+with status 2 and one line, `clrfit fit: error: --use-clr-beta needs
+--cycle-len (epochs per cycle)`. On CPU the command uses one torch thread for
+its small built-in models unless `--threads` says otherwise ([why](threads.md)).
 """
 
 

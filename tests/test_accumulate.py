@@ -19,7 +19,7 @@ def fit_clr_beta(learn, **options):
 
 
 def one_cycle_expected(n: int) -> tuple[list[float], list[float]]:
-    """lr and momentum of ``use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM)`` over one cycle of ``n`` steps (SCHEDULES.md)."""
+    """lr and momentum of ``use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM)`` over one cycle of ``n`` steps (docs/schedules.md)."""
     c = int(n * (1 - PCT / 100) / 2)
     lrs, moms = [], []
     for t in range(n):

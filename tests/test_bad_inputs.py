@@ -65,7 +65,7 @@ FIT = [
 
 FIT_CYCLIC = [
     ("zero epochs", lambda l, p: l.fit_cyclic(0, 0.01, 0.1), "epochs"),
-    ("zero base_lr", lambda l, p: l.fit_cyclic(1, 0, 0.1), "base_lr"),
+    ("negative base_lr", lambda l, p: l.fit_cyclic(1, -0.01, 0.1), "base_lr"),  # 0 is allowed, as in torch
     ("negative max_lr", lambda l, p: l.fit_cyclic(1, 0.01, -1), "max_lr"),
     ("zero step_size_up", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, step_size_up=0), "step_size_up"),
     ("negative step_size_down", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, step_size_down=-2), "step_size_down"),
@@ -199,23 +199,24 @@ CLI = [
      "--use-clr-beta"),
     ("fit: zero --checkpoint-every", ["fit", "--lr", "0.1", "--checkpoint", "c.ckpt", "--checkpoint-every", "0"],
      "--checkpoint-every"),
-    ("fit: --checkpoint-every without --checkpoint", ["fit", "--lr", "0.1", "--checkpoint-every", "5"],
-     "--checkpoint-every"),
-    ("fit: --resume without --checkpoint", ["fit", "--lr", "0.1", "--resume"], "--resume"),
+    # (--checkpoint-every and --resume without --checkpoint are fine since issue 16: the checkpoint
+    # defaults to --out/checkpoint.ckpt.) Refused before any data is loaded, by the library's own checks:
+    ("fit: --use-clr-beta pct 130", ["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,130"],
+     "--use-clr-beta"),
+    ("fit: --checkpoint a folder", ["fit", "--lr", "0.1", "--checkpoint", "."], "--checkpoint"),
+    ("fit: --use-wd-sched without --wds", ["fit", "--lr", "0.1", "--use-wd-sched"], "--use-wd-sched"),
+    ("lr-find: --num-it 1", ["lr-find", "--num-it", "1"], "--num-it"),
     ("fit: zero --accumulate", ["fit", "--lr", "0.1", "--accumulate", "0"], "--accumulate"),
     ("fit: unknown --precision", ["fit", "--lr", "0.1", "--precision", "fp8"], "--precision"),
     ("lr-find: negative --end-lr", ["lr-find", "--end-lr", "-1"], "--end-lr"),
 ]
 
-# These pass the parser and reach the library with a learner built: its weights must not change.
+# These pass the parser and the CLI's checks and reach the library with a learner built: its weights
+# must not change.
 CLI_LIBRARY = [
-    ("fit: --use-clr-beta pct 130", ["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,130"],
-     "--use-clr-beta"),
-    ("fit: --checkpoint a folder", ["fit", "--lr", "0.1", "--checkpoint", "{tmp}"], "--checkpoint"),
     ("fit: --resume a corrupt file", ["fit", "--lr", "0.1", "--checkpoint", "{tmp}/corrupt.ckpt", "--resume"],
      "corrupt.ckpt"),
     ("fit: --resume with another --lr", ["fit", "--lr", "0.2", "--checkpoint", "{tmp}/other.ckpt", "--resume"], "lrs"),
-    ("lr-find: --num-it 1", ["lr-find", "--num-it", "1"], "--num-it"),
 ]
 
 
@@ -235,14 +236,17 @@ def one_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("argv, option", [pytest.param(a, o, id=i) for i, a, o in CLI])
-def test_cli_bad_input_exits_2_with_one_line(argv, option, capsys):
+def test_cli_bad_input_exits_2_with_one_line(argv, option, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert cli.main(argv) == 2
     line = one_line(capsys.readouterr().err)
-    assert "error:" in line and option in line
+    assert line.startswith(f"clrfit {argv[0]}: error: ") and option in line
+    assert not (tmp_path / "clrfit-out").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("argv, option", [pytest.param(a, o, id=i) for i, a, o in CLI_LIBRARY])
 def test_cli_library_errors_exit_2_and_change_no_weights(argv, option, tiny_cli_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out folder lands here
     (tmp_path / "corrupt.ckpt").write_bytes(b"\x00not a checkpoint")
     assert cli.main(["fit", "--lr", "0.1", "--no-progress", "--checkpoint", str(tmp_path / "other.ckpt")]) == 0
     capsys.readouterr()
@@ -258,7 +262,7 @@ def test_cli_library_errors_exit_2_and_change_no_weights(argv, option, tiny_cli_
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert cli.main([*argv, "--no-progress"]) == 2
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("clrfit: error: ") and option in line
+    assert line.startswith(f"clrfit {argv[0]}: error: ") and option in line
     (learn, before), = seen
     assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
 

@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader
 import clrfit.checkpoint as checkpoint_module
 from clrfit import Callback, Learner, ModelData
 from clrfit import DivergenceError
+from clrfit.checkpoint import CHECK_EVERY, callable_fingerprint
 from clrfit.checkpoint import read_checkpoint
 from clrfit.distributed import DistributedContext
-from clrfit.schedules import OneCycle, one_cycle_schedule
+from clrfit.schedules import ConstantLR, OneCycle, one_cycle_schedule
 from clrfit.serialization import temp_files
 from conftest import InterruptAt
 
@@ -32,7 +33,7 @@ ROOT = TESTS.parent
 # ---------------------------------------------------------------------- a run that depends on every RNG
 
 
-def build(n_trn: int = 43, bs: int = 8, adam: bool = False, seed: int = 1) -> Learner:
+def build(n_trn: int = 43, bs: int = 8, adam: bool = False, seed: int = 1, loader: str = "tensor") -> Learner:
     """Shuffled loader, dropout, 3 classes; every RNG seeded so two builds train identically."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n_trn + 16, 8, generator=g)
@@ -40,7 +41,7 @@ def build(n_trn: int = 43, bs: int = 8, adam: bool = False, seed: int = 1) -> Le
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    data = ModelData.from_tensors(x[:n_trn], y[:n_trn], x[n_trn:], y[n_trn:], bs=bs)
+    data = ModelData.from_tensors(x[:n_trn], y[:n_trn], x[n_trn:], y[n_trn:], bs=bs, loader=loader)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
     opt_fn = (lambda params, lr: torch.optim.Adam(params, lr=lr)) if adam else None
     return Learner(model, data, opt_fn=opt_fn, progress=False, table=False)
@@ -426,7 +427,9 @@ def test_restore_without_a_checkpoint_returns_to_the_start_of_the_fit():
         learn.fit(0.1, 2, callbacks=[PoisonAt(8)], on_nan="restore")
     assert all(torch.equal(weights[k], v) for k, v in learn.model.state_dict().items())
     assert all(torch.equal(buffers[i], s["momentum_buffer"]) for i, s in learn.opt.state_dict()["state"].items())
-    assert len(learn.sched.raw_losses) == 9 and math.isnan(learn.sched.raw_losses[8])  # history kept
+    # History kept; losses are read back every CHECK_EVERY steps and at epoch ends, so the fit stops
+    # at the first of those after the bad step (here the end of epoch 1, step 12).
+    assert len(learn.sched.raw_losses) == min(8 + CHECK_EVERY, 12) and math.isnan(learn.sched.raw_losses[8])
 
 
 def test_on_nan_ignore_trains_through():
@@ -473,7 +476,7 @@ def test_loaders_with_their_own_generators_resume_exactly(tmp_path):
         assert len(read_checkpoint(ckpt)["loader_generators"]) == 2
         assert_same_run(reference, fit(build_with_generators(), checkpoint=ckpt, resume=True))
     with pytest.raises(ValueError, match="loader_generators: 2 in the checkpoint, 0 now"):
-        run("clr_beta", checkpoint=tmp_path / "4.ckpt", resume=True)
+        fit(build(loader="torch"), checkpoint=tmp_path / "4.ckpt", resume=True)  # DataLoaders without generators
 
 
 # ---------------------------------------------------------------------- DDP: rank 0 writes, every rank resumes its own streams
@@ -564,3 +567,86 @@ def test_fp16_gradient_scaler_state_is_resumed(tmp_path):
     resumed = fit(build_fp16(), checkpoint=ckpt, resume=True)
     assert resumed.precision.state_dict() == reference.precision.state_dict()
     assert_same_run(reference, resumed)
+
+
+# ---------------------------------------------------------------------------- the schedule's own arguments
+
+
+def _halve(x: float) -> float:
+    return 0.5**x
+
+
+def _third(x: float) -> float:
+    return (1 / 3) ** x
+
+
+def test_resume_refuses_a_changed_scale_fn_and_accepts_the_same_one(tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    fit = dict(base_lr=0.01, max_lr=0.1, step_size_up=4, scale_fn=_halve)
+    build().fit_cyclic(2, **fit, checkpoint=ckpt)
+    build().fit_cyclic(2, **fit, checkpoint=ckpt, resume=True)  # same function: resumes (at the end: nothing to do)
+    with pytest.raises(ValueError, match=r"different fit; schedule: .*_halve.* in the checkpoint, .*_third.* now"):
+        build().fit_cyclic(2, **dict(fit, scale_fn=_third), checkpoint=ckpt, resume=True)
+
+
+def test_resume_refuses_a_different_custom_schedule(tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    build().train(ConstantLR((0.05,)), 2, checkpoint=ckpt)
+    build().train(ConstantLR((0.05,)), 2, checkpoint=ckpt, resume=True)
+    with pytest.raises(ValueError, match="different fit; schedule:"):
+        build().train(ConstantLR((0.02,)), 2, checkpoint=ckpt, resume=True)
+
+
+SCALE_MODULE = """
+FACTOR = {factor}
+
+def make(k):
+    def scale(x):
+        return k * FACTOR ** x
+    return scale
+
+def halve(x):
+    return {factor} ** x
+"""
+
+
+def _fingerprints_in_a_new_process(folder: Path) -> list[str]:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import scales; from clrfit.checkpoint import callable_fingerprint as f; "
+            "print(f(scales.halve)); print(f(scales.make(2)))")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_callable_fingerprint_is_stable_across_processes_and_changes_with_the_code(tmp_path):
+    (tmp_path / "scales.py").write_text(SCALE_MODULE.format(factor=0.5))
+    first = _fingerprints_in_a_new_process(tmp_path)
+    assert first == _fingerprints_in_a_new_process(tmp_path)  # no address, no per-process salt
+    assert first[0].startswith("scales.halve#") and first[1].startswith("scales.make.<locals>.scale#")
+    assert "0x" not in "".join(first)
+    (tmp_path / "scales.py").write_text(SCALE_MODULE.format(factor=0.25))  # the code's constant changed
+    changed = _fingerprints_in_a_new_process(tmp_path)
+    assert changed[0] != first[0]
+    # closure values count too: the same code with another captured k differs
+    def make(k):
+        return lambda x: k * x
+    assert callable_fingerprint(make(2)) != callable_fingerprint(make(3))
+    assert callable_fingerprint(make(2)) == callable_fingerprint(make(2))
+
+
+def test_divergence_is_caught_within_check_every_steps_on_cpu():
+    class Steps(Callback):
+        def on_train_begin(self):
+            self.ran = 0
+
+        def on_batch_end(self):
+            self.ran += 1
+
+    steps = Steps()
+    learn = build(n_trn=8 * (CHECK_EVERY + 20))  # one epoch longer than CHECK_EVERY: no epoch end in between
+    assert len(learn.data.trn_dl) > CHECK_EVERY + 3
+    with pytest.raises(DivergenceError, match="iteration 3 ") as info:
+        learn.fit(0.05, 1, callbacks=[steps, PoisonAt(3)])
+    assert info.value.iteration == 3
+    assert steps.ran == CHECK_EVERY  # the losses are read back (and checked) every CHECK_EVERY steps

@@ -1,20 +1,31 @@
-"""The clrfit command: parsing, errors (exit 2, one line), and each command on tiny settings."""
+"""The clrfit command: parsing, errors (exit 2, one line, before any data or torch), and each command
+on tiny settings, Ctrl-C and resume included."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from clrfit import cli, datasets
+from clrfit import cli, datasets, models
 from clrfit.learner import Learner
+from conftest import InterruptAt
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Each test runs in its own folder, so the default output folder lands there."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +86,18 @@ def one_line_error(err: str) -> str:
     (["fit", "--lr", "0.1", "--fp16", "--precision", "bf16"], "--precision"),
     (["fit", "--lr", "0.1", "--use-clr", "10,5", "--use-clr-beta", "10,10"], "--use-clr-beta"),
     (["fit", "--lr", "0.1", "--accumulate", "0"], "--accumulate"),
-    (["fit", "--lr", "0.1", "--checkpoint-every", "5"], "--checkpoint-every"),
-    (["fit", "--lr", "0.1", "--resume"], "--resume"),
+    (["fit", "--lr", "0.1", "--checkpoint", "."], "--checkpoint"),
+    (["fit", "--lr", "0.1", "--out", __file__], "--out"),
+    (["fit", "--lr", "0.1", "--device", "cuda 1"], "--device"),
+    (["fit", "--lr", "0.1", "--use-clr-beta", "10,10"], "--cycle-len"),
+    (["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,130"], "--use-clr-beta"),
     (["fit", "--lr", "0.1", "--arch", "resnet20"], "--arch"),
     (["fit", "--lr", "0.1", "--dataset", "cifar10", "--arch", "cnn1d"], "--arch"),
     (["lr-find", "--num-it", "0"], "--num-it"),
     (["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "--end-lr"),
+    (["lr-find", "-o", "plot.jpg2"], "-o"),
+    (["schedule", "-o", "out.jpg2"], "-o"),
+    (["schedule", "--cycle-iterations", "0"], "--cycle-iterations"),
     (["schedule", "--iterations", "-5"], "--iterations"),
     (["schedule", "--cyclic", "0.1"], "--cyclic"),
     (["schedule", "--step-size-up", "10"], "--step-size-up"),
@@ -89,11 +106,14 @@ def one_line_error(err: str) -> str:
     (["demo", "--seed", "-3"], "--seed"),
     (["train"], "COMMAND"),
 ])
-def test_bad_input_exits_2_with_one_line_naming_the_option(argv, option, capsys):
+def test_bad_input_exits_2_with_one_line_naming_the_option(argv, option, tiny_data, capsys):
     code, out, err = run(argv, capsys)
     assert code == 2
     line = one_line_error(err)
     assert "error:" in line and option in line
+    if argv[0] in ("fit", "lr-find", "schedule", "demo"):
+        assert line.startswith(f"clrfit {argv[0]}: error: ")
+    assert tiny_data == []  # refused before any data was loaded
 
 
 @pytest.mark.parametrize("argv,option", [
@@ -105,21 +125,79 @@ def test_bad_input_exits_2_with_one_line_naming_the_option(argv, option, capsys)
     (["--cycle-len", "1", "--use-wd-sched"], "--use-wd-sched"),  # needs --wds
 ])
 def test_library_errors_become_exit_2(argv, option, tiny_data, capsys):
-    """ValueError/TypeError from the library: 'clrfit: error: <message>' naming the option, no traceback."""
-    before = {}
-
-    def spy(self, *args, **kwargs):
-        before.update({k: v.clone() for k, v in self.model.state_dict().items()})
-        return original(self, *args, **kwargs)
-
-    original = Learner.fit
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Learner, "fit", spy)
-        code, out, err = run(["fit", "--lr", "0.1", "--no-progress", *argv], capsys)
+    """The library's checks of fit's values run before any data is loaded (behaviour changed by issue 16:
+    they used to run inside fit), and their message names the flag, not the Python argument."""
+    code, out, err = run(["fit", "--lr", "0.1", "--no-progress", *argv], capsys)
     assert code == 2
     line = one_line_error(err)
-    assert line.startswith("clrfit: error: ") and option in line
-    assert before  # the error came from fit itself, after the learner was built
+    assert line.startswith("clrfit fit: error: ") and option in line
+    assert "use_clr" not in line and "cycle_len" not in line  # Python names are spelled as flags
+    assert tiny_data == []
+
+
+def test_argument_error_from_the_library_is_spelled_with_flags(tiny_data, capsys, monkeypatch):
+    """An ArgumentError raised inside fit (here: the cycle too short for this data) names the flag via
+    its .argument, with no parsing of the message."""
+    from clrfit.validation import ArgumentError
+
+    def refuse(self, lrs, n_cycle, **kwargs):
+        raise ArgumentError("use_clr", "{use_clr} peaks before step 1 with {cycle_len}=1 and {lrs}=0.1")
+
+    monkeypatch.setattr(Learner, "fit", refuse)
+    code, out, err = run(["fit", "--lr", "0.1", "--no-progress", "--cycle-len", "1", "--use-clr", "10,5"], capsys)
+    assert code == 2
+    assert one_line_error(err) == "clrfit fit: error: --use-clr peaks before step 1 with --cycle-len=1 and --lr=0.1"
+
+
+_NO_TORCH = """
+import sys
+from clrfit.cli import main
+for argv in ({argvs}):
+    code = main(argv)
+    assert code == {code}, (argv, code)
+heavy = sorted(m for m in ("torch", "torchvision", "clrfit.learner", "clrfit.datasets") if m in sys.modules)
+assert not heavy, heavy
+"""
+
+
+@pytest.mark.parametrize("argvs,code", [
+    ([["--help"]], 0),
+    ([["fit", "--help"]], 0),
+    ([["fit", "--lr", "0.1", "--use-clr-beta", "10,13.68,0.95,0.85"], ["fit", "--lr", "-1"],
+      ["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,130"],
+      ["lr-find", "-o", "x.jpg2"], ["schedule", "--step-size-up", "3"], ["fit", "--lr", "0.1", "--cycle-mult", "2"]], 2),
+])
+def test_help_and_argument_errors_never_import_torch(argvs, code):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    script = _NO_TORCH.format(argvs=", ".join(repr(a) for a in argvs) + ",", code=code)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow  # imports torch in subprocesses: seconds on a busy machine
+def test_help_answers_far_faster_than_importing_torch():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def wall(args):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], capture_output=True, env=env, timeout=120, check=True)
+        return time.perf_counter() - start
+
+    # Interleaved, best of two: a busy machine slows both alike.
+    help_s, torch_s = [], []
+    for _ in range(2):
+        help_s.append(wall(["-m", "clrfit", "--help"]))
+        torch_s.append(wall(["-c", "import torch"]))
+    assert min(help_s) < 0.5 * min(torch_s), (help_s, torch_s)
+    assert min(help_s) < 2.0, help_s
+
+
+def test_cli_choice_lists_match_the_library():
+    from clrfit import checkpoint, precision, validation
+
+    assert cli.DATASETS == datasets.DATASETS
+    assert set(cli.ARCHS) == set(models.ARCHS)
+    assert validation.ON_NAN == checkpoint.ON_NAN and validation.PRECISIONS == precision.PRECISIONS
 
 
 def test_real_process_exit_code_and_message():
@@ -187,7 +265,22 @@ def test_fit_defaults_and_fp16_flag(tiny_data, monkeypatch, capsys):
     assert learn.precision.name == "fp16"
     assert isinstance(learn.opt, torch.optim.SGD) and learn.opt.param_groups[0]["momentum"] == 0.9
     assert seen["cycle_len"] is None and seen["use_clr"] is None and seen["use_clr_beta"] is None
-    assert not {"checkpoint", "resume", "compile"} & set(seen)
+    assert not {"resume", "compile"} & set(seen)
+    # Without --out and --checkpoint: the default folder, which holds the checkpoint (changed by issue 16)
+    assert seen["checkpoint"] == cli.DEFAULT_FIT_OUT / cli.CHECKPOINT_NAME
+
+
+def test_fit_without_out_writes_to_the_default_folder_and_names_it(tiny_data, tmp_path, capsys):
+    torch.set_num_threads(2)
+    code, out, err = run(["fit", "--lr", "0.5", "--bs", "64", "--no-progress"], capsys)
+    assert code == 0, err
+    folder = tmp_path / cli.DEFAULT_FIT_OUT
+    assert f"to {folder.resolve()}" in out
+    for name in ("model.pt", "history.json", "lr_mom.png", "loss.png", cli.CHECKPOINT_NAME):
+        assert (folder / name).stat().st_size > 0, name
+    history = json.loads((folder / "history.json").read_text())
+    assert len(history["iterations"]) == 256 // 64 and len(history["val_losses"]) == 1
+    assert torch.get_num_threads() == 1  # the small-model default on CPU (docs/threads.md)
 
 
 def test_fit_trains_and_writes_outputs(tiny_data, tmp_path, capsys):
@@ -198,10 +291,63 @@ def test_fit_trains_and_writes_outputs(tiny_data, tmp_path, capsys):
     assert re.search(r"^epoch\s+trn_loss\s+val_loss\s+accuracy", out, re.M)
     acc = float(re.search(r"final validation accuracy: ([0-9.]+)", out).group(1))
     assert 0.1 < acc <= 1.0  # better than chance on 10 classes after two epochs
-    for name in ("lr_mom.png", "loss.png", "model.pt"):
+    for name in ("lr_mom.png", "loss.png", "model.pt", "history.json"):
         assert (out_dir / name).stat().st_size > 0
     state = torch.load(out_dir / "model.pt", weights_only=True)
     assert "model" in state
+    history = json.loads((out_dir / "history.json").read_text())
+    assert history["rec_metrics"][-1][0] == pytest.approx(acc, abs=1e-4)
+    assert len(history["iterations"]) == 2 * math.ceil(256 / 64)
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("epoch"))
+    rows = []
+    for line in lines[start + 1:]:
+        cells = line.split()
+        if not cells or not cells[0].isdigit():
+            break
+        rows.append(cells)
+    return rows
+
+
+def test_ctrl_c_writes_outputs_names_the_checkpoint_and_the_resume_command(tiny_data, tmp_path, monkeypatch,
+                                                                           capsys):
+    """A real SIGINT as step 11 of 16 begins (epoch 1; that step still completes): exit 130, outputs written, no row for the cut epoch, and
+    the printed command resumes to exactly the weights of an uninterrupted run."""
+    common = ["fit", "--lr", "0.5", "--cycle-len", "2", "--use-clr-beta", "10,10,0.95,0.85", "--bs", "32",
+              "--no-progress", "--seed", "3"]
+    code, _, err = run([*common, "--out", str(tmp_path / "full")], capsys)
+    assert code == 0, err
+
+    original = Learner.fit
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **kw: original(self, *a, callbacks=[InterruptAt(11)], **kw))
+    code, out, err = run(common, capsys)
+    assert code == 130
+    folder = (tmp_path / cli.DEFAULT_FIT_OUT).resolve()
+    assert f"checkpoint: {folder / cli.CHECKPOINT_NAME}" in err
+    assert torch.load(folder / cli.CHECKPOINT_NAME, weights_only=True)["counters"]["iteration"] == 12
+    assert [row[0] for row in _table_rows(out)] == ["0"]  # epoch 1 was cut short: no row for it
+    for name in ("model.pt", "history.json", "lr_mom.png", "loss.png"):
+        assert (folder / name).is_file(), name
+    assert len(json.loads((folder / "history.json").read_text())["iterations"]) == 12
+    command = re.search(r"^resume with: (.*)$", err, re.M).group(1)
+    argv = shlex.split(command)
+    assert argv[0] == "clrfit" and "--resume" in argv and argv[argv.index("--out") + 1] == str(folder)
+
+    monkeypatch.setattr(Learner, "fit", original)
+    code, out, err = run(argv[1:], capsys)
+    assert code == 0, err
+    assert [row[0] for row in _table_rows(out)] == ["1"]
+    full = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["model"]
+    resumed = torch.load(folder / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+    code, out, err = run(argv[1:], capsys)  # once more: the run is finished
+    assert code == 0, err
+    assert "nothing to train: all 2 epochs of this run are done" in out
+    assert not re.search(r"^epoch\s+trn_loss", out, re.M)
 
 
 def test_fit_checkpoint_and_resume_from_the_command_line(tiny_data, tmp_path, monkeypatch, capsys):
@@ -286,10 +432,14 @@ def test_schedule_torch_cyclic_and_one_cycle(tmp_path, capsys):
 
 
 def test_schedule_sgdr_and_clr(tmp_path, capsys):
-    code, out, err = run(["schedule", "--cycle-mult", "2", "--n-cycle", "3", "--iterations", "700",
+    code, out, err = run(["schedule", "--cycle-mult", "2", "--n-cycle", "3", "--cycle-iterations", "700",
                           "-o", str(tmp_path / "s.png")], capsys)
     assert code == 0, err
     assert _printed(out, "max") <= 1.0 and (tmp_path / "s.png").stat().st_size > 0
+    assert out.startswith(f"{700 * (1 + 2 + 4)} iterations:")  # --cycle-iterations is one cycle's length
+    code, old, err = run(["schedule", "--cycle-mult", "2", "--n-cycle", "3", "--iterations", "700",
+                          "-o", str(tmp_path / "s.png")], capsys)
+    assert code == 0 and old == out  # the old name still works
     code, out, err = run(["schedule", "--use-clr", "32,5", "--lr", "0.01", "--iterations", "500",
                           "-o", str(tmp_path / "clr.png")], capsys)
     assert code == 0, err

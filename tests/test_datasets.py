@@ -295,3 +295,57 @@ def test_get_data_dispatches_by_name(tmp_path):
     assert len(data.trn_dl) == 2 and len(list(tmp_path.joinpath("cache").glob("*.npz"))) == 1
     with pytest.raises(ValueError, match="dataset"):
         get_data("imagenet")
+
+
+# --------------------------------------------------------------------------- image sets behind tensor loaders
+
+
+def test_cifar10_tensor_loader_normalises_and_augments_whole_batches(tmp_path):
+    from clrfit.loaders import TensorLoader
+
+    fake = write_fake_cifar10(tmp_path)
+    data = cifar10(tmp_path, bs=4, loader="tensor", augment=True)
+    assert isinstance(data.trn_dl, TensorLoader) and data.trn_ds.tensors[0].dtype == torch.uint8
+    xv, yv = next(iter(data.val_dl))  # validation: normalised, never augmented, in order
+    expected = torch.stack([_normalised(fake["test_x"][i].reshape(3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
+                            for i in range(4)])
+    torch.testing.assert_close(xv, expected)
+    assert yv.tolist() == fake["test_y"]
+    pad = _normalised(np.zeros((3, 1, 1)), CIFAR10_MEAN, CIFAR10_STD)
+    x_all = data.trn_ds.tensors[0]
+    order = list(data.trn_dl.sampler)  # the next epoch's sample ids
+    images = torch.cat([xb for xb, _ in data.trn_dl])
+    shifted = flipped = 0
+    for k, i in enumerate(order):
+        clean = _normalised(x_all[i].numpy(), CIFAR10_MEAN, CIFAR10_STD)
+        padded = pad.expand(3, 40, 40).clone()
+        padded[:, 4:36, 4:36] = clean
+        matches = [(a, b, f) for a in range(9) for b in range(9) for f in (False, True)
+                   if torch.allclose(images[k].flip(-1) if f else images[k], padded[:, a:a + 32, b:b + 32], atol=1e-5)]
+        assert matches, k
+        shifted += all((a, b) != (4, 4) for a, b, _ in matches)
+        flipped += all(f for *_, f in matches)
+    assert shifted > 0 and flipped > 0
+    with pytest.raises(ValueError, match="num_workers=2 needs loader='torch'"):
+        cifar10(tmp_path, loader="tensor", num_workers=2)
+    with pytest.raises(ValueError, match="loader must be one of"):
+        cifar10(tmp_path, loader="gpu")
+
+
+def test_mnist_tensor_loader_matches_the_dataloader_path(tmp_path):
+    write_fake_mnist(tmp_path)
+    by_tensor = mnist(tmp_path, bs=3, loader="tensor", shuffle=False)
+    by_torch = mnist(tmp_path, bs=3, shuffle=False)
+    for (xa, ya), (xb, yb) in zip(list(by_tensor.trn_dl) + list(by_tensor.val_dl), list(by_torch.trn_dl) + list(by_torch.val_dl)):
+        torch.testing.assert_close(xa, xb)
+        assert torch.equal(ya, yb)
+    assert len(by_tensor.trn_dl) == len(by_torch.trn_dl) == 2
+
+
+def test_mnist1d_uses_tensor_loaders_unless_told_otherwise(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from clrfit.loaders import TensorLoader
+
+    assert isinstance(mnist1d(40, 20, bs=8, cache_dir=tmp_path).trn_dl, TensorLoader)
+    assert isinstance(mnist1d(40, 20, bs=8, cache_dir=tmp_path, loader="torch").trn_dl, DataLoader)

@@ -142,3 +142,89 @@ def test_generator_check_mode_flags_a_stale_page_and_writes_nothing(tmp_path, ca
     assert generate.write_or_check(page, lambda: "new\n", "docs/make_page.py", []) == 0
     assert page.read_text(encoding="utf-8") == "new\n"
     assert generate.write_or_check(page, lambda: "new\n", "docs/make_page.py", ["--check"]) == 0
+
+
+# --------------------------------------------------------------------------- the public API fence
+
+
+def test_the_public_api_is_about_twenty_names_and_each_resolves():
+    import clrfit
+
+    assert 15 <= len(clrfit.__all__) <= 24
+    for name in ["Learner", "ModelData", "Recorder", "Callback", "Checkpoint", "Schedule", "preview",
+                 "Suggestions", "DivergenceError", "ArgumentError", "accuracy", "datasets", "models", "schedules"]:
+        assert name in clrfit.__all__, name
+    namespace: dict = {}
+    exec("from clrfit import *", namespace)
+    assert set(clrfit.__all__) <= set(namespace)
+    import types
+
+    assert all(isinstance(namespace[m], types.ModuleType) for m in ("datasets", "models", "schedules"))
+    assert namespace["preview"] is namespace["schedules"].preview
+    with pytest.raises(AttributeError, match="no attribute 'Lerner'"):
+        clrfit.Lerner  # noqa: B018
+
+
+def test_api_reference_documents_only_the_api():
+    import clrfit
+
+    text = _load("make_api").render()
+    sections = re.findall(r"^## (clrfit\S*)", text, re.M)
+    assert sections == ["clrfit", "clrfit.callbacks", "clrfit.datasets", "clrfit.models", "clrfit.schedules"]
+    for name in clrfit.__all__:
+        assert f"`{name}`" in text, name
+    for internal in ("ParamScheduler", "ProgressCallback", "format_row", "save_state", "check_number", "build_parser"):
+        assert internal not in text, internal
+
+
+# --------------------------------------------------------------------------- docs/parameters.md
+
+
+def test_args_sections_are_parsed_name_by_name():
+    params = _load("make_parameters")
+    doc = """Train.
+
+    Args:
+        lrs: number > 0, per group;
+            the peak for cyclical schedules.
+        n_cycle (int): int >= 1.
+        base_momentum, max_momentum: number >= 0 | per group.
+        **options: see below.
+
+    Returns:
+        the recorder.
+    """
+    import inspect
+
+    parsed = params.parse_args_section(inspect.cleandoc(doc))
+    assert parsed == {"lrs": "number > 0, per group; the peak for cyclical schedules.", "n_cycle": "int >= 1.",
+                      "base_momentum": "number >= 0 | per group.", "max_momentum": "number >= 0 | per group.",
+                      "options": "see below."}
+    assert params.parse_args_section("No section here.") == {}
+
+    def fit(lrs: float, n_cycle: int = 1, cycle_len: int | None = None, **options) -> None:
+        """Fit.
+
+        Args:
+            lrs: a | b.
+            n_cycle: int >= 1.
+        """
+
+    rows = params.parameter_table(fit, fit)
+    assert rows[2:] == ["| `lrs` | a \\| b. | required |", "| `n_cycle` | int >= 1. | `1` |",
+                        f"| `cycle_len` | {params.MISSING} | `None` |", f"| `**options` | {params.MISSING} |  |"]
+
+
+def test_parameters_page_lists_every_cli_option_from_the_parser():
+    from clrfit import cli
+
+    params = _load("make_parameters")
+    text = "\n".join(params.cli_tables())
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for command, p in sub.choices.items():
+        assert f"### `clrfit {command}`" in text
+        for action in p._actions:
+            if action.option_strings and action.help != "==SUPPRESS==" and "-h" not in action.option_strings:
+                assert f"`{action.option_strings[0]}`" in text, (command, action.option_strings)
+    assert "`--iterations`" not in text  # the old name of --cycle-iterations is accepted, not advertised

@@ -359,6 +359,30 @@ def test_momentumless_schedule_leaves_momentum_exactly(kind):
             assert all(row == [(0.97,), (0.97,)] for row in log.betas2)
 
 
+def test_non_integer_cut_div_peaks_where_fastai_does():
+    # fastai 0.7: cut_pt = nb // cut_div; 13 // 2.6 == 4.0 although 13 / 2.6 rounds to 5.0
+    learn = make_learner(nb=13)
+    log = StepLog(learn.opt)
+    learn.fit(0.1, 1, cycle_len=1, use_clr=(10, 2.6, 0.95, 0.85))
+    lrs, moms = column(log.lrs, 0), column(log.moms, 0)
+    assert lrs.index(max(lrs)) == 4 and math.isclose(lrs[4], 0.1, rel_tol=REL)
+    assert moms.index(min(moms)) == 4
+    expected, _ = clr_expected(0.1, 13, 10, 2.6)
+    assert expected.index(max(expected)) == 5  # SCHEDULES.md's floor(N / cut_div) would put it one later
+
+
+def test_sgdr_large_cycle_mult_warms_up_each_cycle_like_fastai():
+    # fastai 0.7 compares the global iteration with the current cycle's length / 20
+    learn = make_learner(nb=4)
+    log = StepLog(learn.opt)
+    learn.fit(0.2, 2, cycle_len=1, cycle_mult=25)
+    lrs = column(log.lrs, 0)
+    assert len(lrs) == 4 + 100
+    assert lrs[0] == 0.2 / 100 and lrs[1] != 0.2 / 100  # cycle 0: i < 4 / 20
+    assert lrs[4:5] == [0.2 / 100]  # cycle 1 starts at i = 4 < 100 / 20 = 5: still warm-up
+    assert math.isclose(lrs[5], 0.2 / 2 * (1 + math.cos(math.pi * 1 / 100)), rel_tol=REL)
+
+
 # ---------------------------------------------------------------------------- fit_cyclic / fit_one_cycle vs torch
 
 
@@ -626,15 +650,15 @@ BAD_INPUT = [
     ("fit", (0.1, 1), dict(cycle_len=2, use_clr="10,4"), TypeError, ["use_clr", "'10,4'"]),
     ("fit_cyclic", (2,), dict(base_lr=0.01, max_lr=0.1, mode="sawtooth"), ValueError, ["mode", "sawtooth", "triangular2"]),
     ("fit_cyclic", (2,), dict(base_lr=0.01, max_lr=0.1, step_size_up=0), ValueError, ["step_size_up", "> 0", "0"]),
-    ("fit_cyclic", (2,), dict(base_lr=0.01, max_lr=0.1, step_size_down=-2), ValueError, ["step_size_down", "> 0", "-2"]),
-    ("fit_cyclic", (2,), dict(base_lr=0.0, max_lr=0.1), ValueError, ["base_lr", "> 0"]),
+    ("fit_cyclic", (2,), dict(base_lr=0.01, max_lr=0.1, step_size_down=-2), ValueError, ["step_size_down", ">= 0", "-2"]),
+    ("fit_cyclic", (2,), dict(base_lr=-0.01, max_lr=0.1), ValueError, ["base_lr", ">= 0", "-0.01"]),
     ("fit_cyclic", (2,), dict(base_lr=0.01, max_lr=[0.1, 0.2, 0.3]), ValueError, ["max_lr", "2", "3 values"]),
     ("fit_cyclic", (2,), dict(base_lr=0.01, max_lr=0.1, base_momentum=-0.5), ValueError, ["base_momentum", ">= 0", "-0.5"]),
     ("fit_cyclic", (2,), dict(base_lr=0.01, max_lr=0.1, scale_fn=3), TypeError, ["scale_fn", "callable"]),
     ("fit_cyclic", (2,), dict(base_lr=0.01, max_lr=0.1, scale_mode="epochs"), ValueError, ["scale_mode", "epochs"]),
     ("fit_one_cycle", (2,), dict(max_lr=0.1, pct_start=1.5), ValueError, ["pct_start", "[0, 1]", "1.5"]),
     ("fit_one_cycle", (2,), dict(max_lr=0.1, pct_start=-0.1), ValueError, ["pct_start", "[0, 1]", "-0.1"]),
-    ("fit_one_cycle", (2,), dict(max_lr=-0.1), ValueError, ["max_lr", "> 0", "-0.1"]),
+    ("fit_one_cycle", (2,), dict(max_lr=-0.1), ValueError, ["max_lr", ">= 0", "-0.1"]),
     ("fit_one_cycle", (2,), dict(max_lr=[0.1]), ValueError, ["max_lr", "2", "1 values"]),
     ("fit_one_cycle", (2,), dict(max_lr=0.1, anneal_strategy="exp"), ValueError, ["anneal_strategy", "exp", "cos"]),
     ("fit_one_cycle", (2,), dict(max_lr=0.1, max_momentum=[0.9, -1.0]), ValueError, ["max_momentum[1]", ">= 0"]),

@@ -155,7 +155,7 @@ def test_constant_lr_fit_records_what_the_optimizer_used():
 
 
 def sgdr_expected(lr: float, nb: int, cycle_len: int, cycle_mult: int, n_cycle: int) -> list[float]:
-    """SCHEDULES.md's SGDR, written independently of clrfit.schedules."""
+    """SGDR as docs/schedules.md states it, written independently of clrfit.schedules."""
     out = []
     lengths = [nb * cycle_len * cycle_mult**k for k in range(n_cycle)]
     for k, n_k in enumerate(lengths):

@@ -1,4 +1,4 @@
-"""LR range tests: the sweep, smoothing and divergence rules of SCHEDULES.md, per-step validation,
+"""LR range tests: the sweep, smoothing and divergence rules of docs/lr_finder.md, per-step validation,
 plots, bad input, and exact restoration of the learner whatever ends the test."""
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ class InterruptingModel(nn.Module):
 
 
 def expected_sweep(start_lrs, end_lr, n, linear):
-    """SCHEDULES.md: the last group follows the formula; every group is scaled by the same factor."""
+    """docs/lr_finder.md: the last group follows the formula; every group is scaled by the same factor."""
     start = start_lrs[-1]
     rows = []
     for i in range(n):

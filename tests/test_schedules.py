@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import pickle
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import clrfit.schedules as schedules_module
 from clrfit.schedules import (
     SGDR,
     CircularLR,
@@ -348,3 +350,234 @@ def test_torch_style_momentum_bounds_follow_torch():
         cyclic_schedule(1, 0.1, 0.5, base_momentum=-0.1)
     with pytest.raises(TypeError, match="cycle_momentum must be True or False"):
         one_cycle_schedule(1, 0.1, 10, cycle_momentum="yes")
+
+
+# ---------------------------------------------------------------------------- fastai 0.7, checked against its own rules
+
+
+def fastai_circular_lrs(nb: int, div: float, cut_div: float, iterations: int) -> list[float]:
+    """fastai 0.7 CircularLR.calc_lr as it runs: a cycle counter advanced after each value, peak nb // cut_div."""
+    out, cycle_iter = [], 0
+    for _ in range(iterations):
+        cut = nb // cut_div
+        pct = 1 - (cycle_iter - cut) / (nb - cut) if cycle_iter > cut else cycle_iter / cut
+        out.append(1.0 * (1 + pct * (div - 1)) / div)
+        cycle_iter += 1
+        if cycle_iter == nb:
+            cycle_iter = 0
+    return out
+
+
+def fastai_cos_anneal_lrs(nb: int, cycle_mult: int, iterations: int) -> list[float]:
+    """fastai 0.7 CosAnneal.calc_lr as it runs: the warm-up test uses the current cycle's length."""
+    out, cycle_iter = [], 0
+    for iteration in range(iterations):
+        if iteration < nb / 20:
+            cycle_iter += 1
+            out.append(1.0 / 100)
+            continue
+        value = 1.0 / 2 * (math.cos(math.pi * cycle_iter / nb) + 1)
+        cycle_iter += 1
+        if cycle_iter == nb:
+            cycle_iter, nb = 0, nb * cycle_mult
+        out.append(value)
+    return out
+
+
+@pytest.mark.parametrize("nb, use_clr", [(13, (10, 2.6)), (21, (10, 3.5)), (100, (32, 5)), (47, (7.5, 2.35)), (10, (4, 1.1))])
+def test_circular_lr_peak_is_fastais_floor_division(nb, use_clr):
+    schedule, _ = fit_schedule((1.0,), nb, 2, 1, use_clr=use_clr)
+    assert schedule.peak == nb // use_clr[1]
+    lrs = schedule.values().lrs
+    expected = fastai_circular_lrs(nb, *use_clr, 2 * nb)
+    assert all(close(a, b) for a, b in zip(lrs, expected)) and len(lrs) == len(expected)
+    if nb == 13:  # the README's example: fastai peaks at t = 13 // 2.6 = 4, not at floor(13 / 2.6) = 5
+        assert 13 / 2.6 == 5.0 and lrs.index(max(lrs)) == 4
+
+
+@pytest.mark.parametrize("nb, cycle_mult, n_cycle", [(10, 30, 2), (40, 25, 3), (20, 2, 3), (7, 21, 2)])
+def test_sgdr_warm_up_follows_the_current_cycle_length(nb, cycle_mult, n_cycle):
+    schedule, _ = fit_schedule((1.0,), nb, n_cycle, 1, cycle_mult)
+    lrs = schedule.values().lrs
+    expected = fastai_cos_anneal_lrs(nb, cycle_mult, schedule.total)
+    assert all(close(a, b) for a, b in zip(lrs, expected)) and len(lrs) == len(expected)
+    if (nb, cycle_mult) == (10, 30):
+        # cycle 1 (300 steps) starts at i = 10; i < 300 / 20 = 15 is still warm-up there
+        assert lrs[10:15] == [0.01] * 5 and lrs[15] == 0.5 * (1 + math.cos(math.pi * 5 / 300))
+
+
+# ---------------------------------------------------------------------------- phase tables
+
+
+def test_phase_evaluator_anneals():
+    from clrfit.schedules import Phase, anneal, evaluate
+
+    assert anneal("linear", 2.0, 4.0, 0.25) == 2.5 and anneal("constant", 2.0, 4.0, 0.7) == 2.0
+    assert anneal("exp", 1e-4, 1.0, 0.5) == 1e-4 * (1.0 / 1e-4) ** 0.5
+    assert close(anneal("cos", 1.0, 0.0, 0.5), 0.5) and anneal("cos", 1.0, 0.0, 0.0) == 1.0
+    with pytest.raises(ValueError, match="anneal must be one of 'constant', 'linear', 'cos', 'exp'; got 'step'"):
+        anneal("step", 1.0, 0.0, 0.5)
+    table = [Phase("up", 0, 4, 4, "linear", (0.0, 1.0)), Phase("down", 4, 10, math.inf, "linear", (0.0, 1.0), reverse=True)]
+    assert [evaluate(table, t)[1] for t in (0, 2, 4, 7, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+    assert evaluate(table, 4)[0].name == "up" and evaluate(table, 5)[0].name == "down"
+    # fastai's angle pi * done / length, torch's pi * (done / length): both kept, they round differently
+    fastai = Phase("c", 0, 3, 3, "cos", (1.0, 0.0), fastai_angle=True)
+    assert evaluate([fastai], 1)[1] == 0.5 * (math.cos(math.pi * 1 / 3) + 1)
+
+
+def test_print_shows_the_phase_table():
+    schedule, _ = fit_schedule((0.8,), 100, 1, 10, use_clr_beta=(10, 13.68, 0.95, 0.85))
+    lines = str(schedule).splitlines()
+    assert lines[0].startswith("OneCycle: 1 cycle(s) of 1000 steps")
+    assert lines[1].split() == ["phase", "steps", "anneal", "lr", "momentum"]
+    assert lines[2].split() == ["up", "0-431", "linear", "0.08", "->", "0.8", "0.95", "->", "0.85"]
+    assert lines[3].split() == ["down", "432-862", "linear", "0.8", "->", "0.08", "0.85", "->", "0.95"]
+    assert lines[4].split() == ["annihilation", "863-999", "linear", "0.08", "->", "0.0008", "0.95"]
+    sgdr = str(SGDR((0.4,), nb=8, cycle_len=3, cycle_mult=2, n_cycle=2)).splitlines()
+    assert [line.split()[:3] for line in sgdr[2:]] == [["warm-up", "0", "0-1"], ["cycle", "0", "2-23"], ["cycle", "1", "24-71"]]
+    assert sgdr[2].split()[3:] == ["constant", "0.004", "-"]
+    one = str(one_cycle_schedule(1, 0.5, 100, three_phase=True)).splitlines()
+    assert [line.split()[:3] for line in one[2:]] == [["up", "0-29", "cos"], ["down", "30-58", "cos"],
+                                                      ["annihilation", "59-99", "cos"]]
+    cyclic = str(cyclic_schedule(1, 0.001, 0.006, step_size_up=14, mode="triangular2")).splitlines()
+    assert cyclic[2].split()[:2] == ["up", "0-14"] and cyclic[3].split()[:2] == ["down", "15-27"]
+    assert cyclic[-1].endswith("triangular2 (cycle)")
+    assert str(LRSweep((1e-5,), 10.0, 100)).splitlines()[2].split() == ["sweep", "0-99", "exp", "1e-05", "->", "10", "-"]
+    assert repr(schedule).startswith("OneCycle(lrs=(0.8,), cycle_iters=1000")  # still the dataclass repr
+
+
+# ---------------------------------------------------------------------------- argument specs
+
+
+def test_specs_are_torchs_parameter_lists():
+    from clrfit.schedules import CYCLIC, FIT, ONE_CYCLE
+
+    torch_cyclic = [p for p in inspect.signature(torch.optim.lr_scheduler.CyclicLR).parameters.values()
+                    if p.name not in ("optimizer", "last_epoch")]
+    assert [(p.name, p.default) for p in torch_cyclic] == [(p.name, p.default) for p in CYCLIC.parameters]
+    torch_one = [p for p in inspect.signature(torch.optim.lr_scheduler.OneCycleLR).parameters.values()
+                 if p.name not in ("optimizer", "last_epoch", "total_steps", "epochs", "steps_per_epoch")]
+    assert [(p.name, p.default) for p in torch_one] == [(p.name, p.default) for p in ONE_CYCLE.parameters]
+    assert FIT.names == ("lrs", "n_cycle", "cycle_len", "cycle_mult", "use_clr", "use_clr_beta")
+    assert CYCLIC.defaults()["step_size_up"] == 2000 and "base_lr" not in CYCLIC.defaults()
+    assert CYCLIC.bind(0.01, 0.1, mode="triangular2")["step_size_up"] == 2000
+    assert "amplitude halves" in CYCLIC.doc("mode")
+    with pytest.raises(TypeError, match="fit_cyclic: unknown argument.*'wds'"):
+        CYCLIC.bind(0.01, 0.1, wds=1e-4)
+    ours, rest = ONE_CYCLE.split(dict(max_lr=0.1, pct_start=0.2, accumulate=2))
+    assert ours == dict(max_lr=0.1, pct_start=0.2) and rest == dict(accumulate=2)
+    sig = inspect.signature(cyclic_schedule)
+    assert list(sig.parameters) == ["n_groups", *CYCLIC.names, "total"]
+    assert list(inspect.signature(one_cycle_schedule).parameters)[:3] == ["n_groups", "max_lr", "total"]
+    built = cyclic_schedule(2, 0.01, [0.1, 0.2], step_size_up=4)
+    assert CYCLIC.arguments(built)["max_lr"] == (0.1, 0.2) and CYCLIC.arguments(built)["base_momentum"] == (0.8, 0.8)
+
+
+def _scale_v1(x: float) -> float:
+    return 0.5**x
+
+
+def test_arguments_tell_schedules_apart():
+    from clrfit.schedules import arguments
+
+    a = cyclic_schedule(1, 0.01, 0.1, step_size_up=4, scale_fn=module_scale)
+    assert arguments(a) == arguments(cyclic_schedule(1, 0.01, 0.1, step_size_up=4, scale_fn=module_scale))
+    assert arguments(a) != arguments(cyclic_schedule(1, 0.01, 0.1, step_size_up=4, scale_fn=_scale_v1))
+    assert arguments(a)["scale_fn"].startswith("tests.test_schedules.module_scale#") or \
+        arguments(a)["scale_fn"].startswith("test_schedules.module_scale#")
+
+    def edited(x: float) -> float:  # same name as _scale_v1 once renamed, other code
+        return 0.25**x
+
+    edited.__qualname__ = _scale_v1.__qualname__
+    edited.__module__ = _scale_v1.__module__
+    assert arguments(cyclic_schedule(1, 0.01, 0.1, scale_fn=edited)) != arguments(cyclic_schedule(1, 0.01, 0.1, scale_fn=_scale_v1))
+    assert arguments(OneCycle((0.1,), 40, 10, 10)) != arguments(CircularLR((0.1,), 40, 10, 10))
+    buffer = io.BytesIO()
+    torch.save(arguments(a), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == arguments(a)
+
+
+# ---------------------------------------------------------------------------- what torch accepts
+
+
+def test_numpy_and_tensor_scalars_everywhere():
+    np = pytest.importorskip("numpy")
+    plain, _ = fit_schedule((0.1,), 10, 2, 2, 1, use_clr_beta=(10, 13.68, 0.95, 0.85))
+    odd, _ = fit_schedule((np.float64(0.1),), np.int64(10), torch.tensor(2), np.int32(2), torch.tensor(1),
+                          use_clr_beta=np.array([10, 13.68, 0.95, 0.85]))
+    assert odd == plain
+    assert fit_schedule((0.1,), 10, 1, 2, use_clr=torch.tensor([10.0, 4.0]))[0] == fit_schedule((0.1,), 10, 1, 2, use_clr=(10, 4))[0]
+    ref = cyclic_schedule(2, 0.01, [0.1, 0.5], step_size_up=4, step_size_down=2.5, gamma=0.5, mode="exp_range")
+    got = cyclic_schedule(np.int64(2), torch.tensor(0.01, dtype=torch.float64), np.array([0.1, 0.5]),
+                          step_size_up=torch.tensor(4), step_size_down=np.float64(2.5), gamma=torch.tensor(0.5),
+                          mode="exp_range", cycle_momentum=np.bool_(True), base_momentum=[torch.tensor(0.8, dtype=torch.float64), 0.8])
+    assert got == ref and [got(t) for t in range(20)] == [ref(t) for t in range(20)]
+    got = one_cycle_schedule(1, torch.tensor(0.5), np.int64(30), pct_start=np.float64(0.25), three_phase=np.bool_(True))
+    assert got == one_cycle_schedule(1, 0.5, 30, pct_start=0.25, three_phase=True)
+    assert preview(torch.tensor(20), np.float64(0.5)).lrs == preview(20, 0.5).lrs
+
+
+def test_torch_accepts_zero_base_lr_and_zero_step_size_down():
+    schedule = cyclic_schedule(1, 0, 0.1, step_size_up=3, step_size_down=0)
+    expected = torch_run(lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, 0, 0.1, step_size_up=3, step_size_down=0), 1, 12)
+    assert_matches_torch(schedule, expected)
+    assert schedule(0)[0] == [0.0]
+    zero_peak = one_cycle_schedule(1, 0.0, 10)
+    assert all(zero_peak(t)[0] == [0.0] for t in range(10))
+    for bad, fragment in [(dict(base_lr=-1e-3), "base_lr must be >= 0"), (dict(step_size_down=-1), "step_size_down must be >= 0"),
+                          (dict(step_size_up=0), "step_size_up must be > 0")]:
+        with pytest.raises(ValueError, match=fragment):
+            cyclic_schedule(1, **dict(dict(base_lr=0.0, max_lr=0.1), **bad))
+
+
+def test_schedule_for_takes_the_fit_methods_schedule_arguments():
+    from clrfit.schedules import schedule_for
+
+    schedule, epochs = schedule_for("fit", 2, 10, [0.1, 0.2], 2, cycle_len=3, cycle_mult=2)
+    assert schedule == fit_schedule((0.1, 0.2), 10, 2, 3, 2)[0] and epochs == 9
+    schedule, epochs = schedule_for("fit_cyclic", 1, 10, 3, 0.01, 0.1, step_size_up=4)
+    assert schedule == cyclic_schedule(1, 0.01, 0.1, step_size_up=4, total=30) and epochs == 3
+    schedule, epochs = schedule_for("fit_one_cycle", 2, 7, epochs=2, max_lr=[0.1, 0.5], three_phase=True)
+    assert schedule == one_cycle_schedule(2, [0.1, 0.5], 14, three_phase=True) and epochs == 2
+    with pytest.raises(ValueError, match="method must be one of 'fit', 'fit_cyclic', 'fit_one_cycle'; got 'fit_sgdr'"):
+        schedule_for("fit_sgdr", 1, 10, 0.1, 1)
+    with pytest.raises(TypeError, match="fit_cyclic: unknown argument.*'accumulate'"):
+        schedule_for("fit_cyclic", 1, 10, 3, 0.01, 0.1, accumulate=2)
+    with pytest.raises(ValueError, match="steps_per_epoch must be an integer >= 1; got 0"):
+        schedule_for("fit", 1, 0, 0.1, 1)
+    with pytest.raises(ValueError, match="lrs must be a number or one value per layer group"):
+        schedule_for("fit", 2, 10, [0.1, 0.2, 0.3], 1)
+
+
+def test_a_schedule_without_phases_must_define_call():
+    class Empty(schedules_module.Schedule):
+        pass
+
+    with pytest.raises(NotImplementedError, match="Empty: set phases or override"):
+        Empty()(0)
+    assert str(Empty()).startswith("<")  # no table to show: the default repr
+
+
+def test_a_phase_table_of_your_own():
+    # the example of docs/schedules.md
+    from dataclasses import dataclass
+
+    from clrfit.schedules import Phase, Schedule
+
+    @dataclass
+    class WarmupCosine(Schedule):
+        lrs: tuple[float, ...]
+        warmup: int
+        total: int
+
+        def __post_init__(self):
+            self.phases = [Phase("warm-up", 0, self.warmup, self.warmup, "linear", (0.0, 1.0), divisor=1.0),
+                           Phase("anneal", self.warmup, self.total - 1, math.inf, "cos", (1.0, 0.0), divisor=1.0)]
+
+    schedule = WarmupCosine((0.1, 1.0), warmup=4, total=21)
+    lrs = [schedule(t)[0] for t in range(21)]
+    assert lrs[0] == [0.0, 0.0] and lrs[2] == [0.05, 0.5] and lrs[4] == [0.1, 1.0]
+    assert close(lrs[12][1], 0.5) and lrs[20][1] == 0.0 and schedule(3)[1] is None
+    assert str(schedule).splitlines()[2].split() == ["warm-up", "0-4", "linear", "0", "->", "1", "-"]

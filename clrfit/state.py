@@ -1,0 +1,107 @@
+"""Where a fit stands, as one value: :class:`TrainingState`; and the process-level state around it.
+
+``TrainingState`` holds the integer counters of a fit (epoch, steps done in the
+epoch, iteration, cycle, iteration in cycle) and what replays the data order
+of the current epoch (the torch RNG state the epoch's order is drawn from, the
+states of the loaders' own generators at that point, and the RNG states to
+continue with once the done steps are skipped). Its ``state_dict`` is what a checkpoint stores under
+``counters`` and friends; ``load_state_dict`` is all a resume does to the loop.
+
+Also here, because the loop, the checkpoint writer and the range test all need
+them: :func:`loader_generators` (the one finder of the data loaders' own
+``torch.Generator``\\ s) and :class:`sigint` (the one Ctrl-C handler: it either
+asks the loop to stop after the current step, or holds the signal while state
+is being put back and delivers it afterwards).
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+COUNTERS: tuple[str, ...] = ("epoch", "batch_index", "iteration", "cycle", "iter_in_cycle")
+
+
+@dataclass
+class TrainingState:
+    """Position of a fit (integer counters) and the random state that replays the current epoch's data order."""
+
+    epoch: int = 0
+    batch_index: int = 0  # optimizer steps done in this epoch
+    iteration: int = 0  # optimizer steps done in this fit
+    cycle: int = 0
+    iter_in_cycle: int = 0
+    epoch_rng_state: torch.Tensor | None = None  # torch CPU RNG just before the epoch's loader is iterated
+    loader_generators: list[torch.Tensor] = field(default_factory=list, repr=False)  # their states at that point
+    resume_rng: dict[str, Any] | None = field(default=None, repr=False)  # set by a mid-epoch resume, used once
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The five counters as a plain dict."""
+        return {name: getattr(self, name) for name in COUNTERS}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, epoch RNG and loader generator states, as plain values and tensors (``weights_only=True``)."""
+        return {"counters": self.counters, "epoch_rng_state": self.epoch_rng_state,
+                "loader_generators": list(self.loader_generators)}
+
+    def load_state_dict(self, state: dict[str, Any], rng_states: dict[str, Any] | None = None) -> None:
+        """Continue from ``state``; with ``rng_states`` (mid-epoch) the loop replays the epoch and then restores them."""
+        for name in COUNTERS:
+            setattr(self, name, int(state["counters"][name]))
+        self.epoch_rng_state = state.get("epoch_rng_state")
+        self.loader_generators = list(state.get("loader_generators", []))
+        self.resume_rng = rng_states
+
+
+def loader_generators(loaders: Any) -> list[torch.Generator]:
+    """The loaders' own ``torch.Generator``\\ s, each once (a loader shuffling with one does not use the global RNG)."""
+    found: dict[int, torch.Generator] = {}
+    for dl in loaders:
+        if dl is None:
+            continue
+        batch_sampler = getattr(dl, "batch_sampler", None)
+        for owner in (dl, getattr(dl, "sampler", None), getattr(batch_sampler, "sampler", None)):
+            g = getattr(owner, "generator", None)
+            if isinstance(g, torch.Generator):
+                found[id(g)] = g
+    return list(found.values())
+
+
+class sigint:
+    """The one SIGINT handler: calls ``on_signal`` on the first Ctrl-C of the block.
+
+    ``repeat="default"``: a second Ctrl-C interrupts at once (the previous handler
+    is back). ``deliver=True``: the signal is re-raised when the block ends, so a
+    Ctrl-C that arrived while state was being restored is not lost. Outside the
+    main thread (where Python cannot install handlers) it does nothing.
+    """
+
+    def __init__(self, on_signal: Callable[[], None] | None = None, deliver: bool = False) -> None:
+        self.on_signal = on_signal
+        self.deliver = deliver
+        self.previous: Any = None
+        self.received = False
+
+    def __enter__(self) -> "sigint":
+        self.received = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        if self.on_signal is not None:
+            self.on_signal()
+        if not self.deliver:  # a second Ctrl-C is immediate
+            signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+            if self.deliver and self.received:
+                signal.raise_signal(signal.SIGINT)

@@ -1,0 +1,149 @@
+"""clrfit.transfer: head replacement, layer groups, freezing (weights=None: nothing is downloaded)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from clrfit import Learner, ModelData
+from clrfit.transfer import freeze, freeze_to, frozen_groups, infer_n_classes, pretrained_learner, replace_head, unfreeze
+from clrfit.vision import image_folder_data
+from test_vision import make_image_folder
+
+ARCHS = ["resnet18", "resnext50_32x4d", "vgg11", "densenet121", "mobilenet_v2", "mobilenet_v3_small",
+         "efficientnet_b0", "convnext_tiny", "vit_b_16"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_supported_head_is_replaced_and_groups_cover_the_model(arch):
+    with torch.device("meta"):  # structure only: no memory, no init cost
+        model = getattr(torchvision.models, arch)(weights=None)
+    groups = replace_head(model, 5)
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 5]
+    assert len(heads) == 1, "exactly one new 5-class Linear"
+    assert [len(g) for g in groups].count(0) == 0
+    ids = [id(p) for g in groups for p in g]
+    assert len(ids) == len(set(ids)), "groups are disjoint"
+    assert set(ids) == {id(p) for p in model.parameters()}, "groups cover every parameter"
+    assert {id(p) for p in heads[0].parameters()} <= {id(p) for p in groups[2]}, "the new head is in the last group"
+    first_param = next(iter(model.parameters()))
+    assert id(first_param) in {id(p) for p in groups[0]}, "the stem is in the first group"
+
+
+def test_unknown_head_says_how_to_pass_layer_groups(tmp_path):
+    data = image_folder_data(make_image_folder(tmp_path), size=16, bs=6)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+    with pytest.raises(ValueError, match=r"model: cannot find the classifier head of a Sequential.*layer_groups=\[early_body"):
+        pretrained_learner(model, data)
+    with torch.device("meta"):
+        squeeze = torchvision.models.squeezenet1_0(weights=None)
+    with pytest.raises(ValueError, match="classifier head of a SqueezeNet"):
+        replace_head(squeeze, 3)
+    with pytest.raises(TypeError, match="splits the model into layer groups itself"):
+        pretrained_learner(torchvision.models.resnet18(weights=None), data, layer_groups=[model])
+
+
+def _learner(tmp_path, **kwargs) -> Learner:
+    torch.manual_seed(0)
+    data = image_folder_data(make_image_folder(tmp_path), size=16, bs=18, augment=False)  # one batch per epoch
+    return pretrained_learner(torchvision.models.resnet18(weights=None), data, progress=False, table=False,
+                              device="cpu", **kwargs)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
+    return {k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(before[k], v)}
+
+
+def _group_of(learn: Learner) -> dict[str, int]:
+    ids = {id(p): i for i, g in enumerate(learn.opt.param_groups) for p in g["params"]}
+    return {name: ids[id(p)] for name, p in learn.model.named_parameters()}
+
+
+def test_n_classes_from_data_and_three_groups(tmp_path):
+    learn = _learner(tmp_path)
+    assert learn.model.fc.out_features == 3 and learn.n_groups == 3
+    group = _group_of(learn)
+    assert group["conv1.weight"] == 0 and group["layer2.1.bn2.bias"] == 0
+    assert group["layer3.0.conv1.weight"] == 1 and group["layer4.1.bn2.weight"] == 1
+    assert group["fc.weight"] == 2 and group["fc.bias"] == 2
+    x = torch.arange(12).reshape(6, 2).float()
+    assert infer_n_classes(ModelData.from_tensors(x, torch.tensor([0, 4, 1, 2, 0, 1]))) == 5
+
+
+def test_freeze_trains_only_the_head_and_bn_statistics_still_move(tmp_path):
+    learn = _learner(tmp_path)
+    freeze(learn)
+    assert frozen_groups(learn) == 2
+    before = _snapshot(learn.model)
+    learn.fit(1e-2, 1)
+    changed = _changed(before, learn.model)
+    params = {n for n, _ in learn.model.named_parameters()}
+    assert changed & params == {"fc.weight", "fc.bias"}
+    # Without bn_freeze the frozen body's BatchNorm layers still update their running statistics.
+    assert "layer1.0.bn1.running_mean" in changed and "bn1.running_var" in changed
+    # Weight decay, L2 or decoupled, never reaches frozen parameters either.
+    for use_wd_sched in (False, True):
+        before = _snapshot(learn.model)
+        learn.fit(1e-2, 1, wds=0.1, use_wd_sched=use_wd_sched)
+        assert _changed(before, learn.model) & params == {"fc.weight", "fc.bias"}
+
+
+def test_bn_freeze_keeps_frozen_batchnorm_in_eval_mode_every_epoch(tmp_path):
+    learn = _learner(tmp_path)
+    freeze(learn, bn_freeze=True)
+    before = _snapshot(learn.model)
+    learn.fit(1e-2, 2)  # two epochs: model.train() is called at each
+    changed = _changed(before, learn.model)
+    assert changed == {"fc.weight", "fc.bias"}, "no running statistic of a frozen BatchNorm moved"
+    unfreeze(learn)
+    before = _snapshot(learn.model)
+    learn.fit(1e-3, 1)
+    assert "layer1.0.bn1.running_mean" in _changed(before, learn.model), "unfreeze lets BatchNorm train again"
+
+
+def test_freeze_to_one_and_discriminative_lrs(tmp_path):
+    learn = _learner(tmp_path)
+    freeze_to(learn, 1)
+    group = _group_of(learn)
+    before = _snapshot(learn.model)
+    learn.fit([1e-4, 1e-3, 1e-2], 1)
+    changed = _changed(before, learn.model) & set(group)
+    assert changed == {n for n, g in group.items() if g >= 1}
+    assert learn.sched.group_lrs[0] == [1e-4, 1e-3, 1e-2]
+    unfreeze(learn)
+    assert frozen_groups(learn) == 0
+    before = _snapshot(learn.model)
+    learn.fit([1e-4, 1e-3, 1e-2], 1)
+    assert _changed(before, learn.model) & set(group) == set(group), "every parameter trains after unfreeze"
+
+
+def test_freeze_to_out_of_range_changes_nothing(tmp_path):
+    learn = _learner(tmp_path)
+    freeze_to(learn, 1)
+    for bad in (3, -1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"freeze_to: n must be an integer in \[0, 2\].*got {bad!r}"):
+            freeze_to(learn, bad)
+    assert frozen_groups(learn) == 1
+    with pytest.raises(TypeError, match="bn_freeze must be True or False"):
+        freeze_to(learn, 2, bn_freeze="yes")
+    assert frozen_groups(learn) == 1
+    with pytest.raises(ValueError, match="n_classes must be an integer >= 1; got 0"):
+        pretrained_learner(torchvision.models.resnet18(weights=None), learn.data, n_classes=0)
+
+
+def test_small_vit_trains_with_its_groups(tmp_path):
+    torch.manual_seed(0)
+    data = image_folder_data(make_image_folder(tmp_path), size=16, bs=18, augment=False)
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2,
+                                               hidden_dim=16, mlp_dim=32)
+    learn = pretrained_learner(vit, data, progress=False, table=False, device="cpu")
+    assert learn.model.heads.head.out_features == 3
+    freeze(learn)
+    before = _snapshot(learn.model)
+    learn.fit(1e-2, 1)
+    assert _changed(before, learn.model) == {"heads.head.weight", "heads.head.bias"}
