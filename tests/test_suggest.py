@@ -491,3 +491,22 @@ def test_combined_sweeps_report_the_median_and_the_spread_over_sweeps():
     assert math.isnan(none.valley) and "in 2 of 3 sweeps: the loss never falls" in none.notes["valley"]
     with pytest.raises(TypeError, match="sweeps must be a non-empty sequence of Suggestions"):
         combine_sweeps([])
+
+
+# --------------------------------------------------------------------------- the demo's choice
+
+
+def test_demo_never_trains_with_a_flagged_suggestion(capsys):
+    from clrfit.cli import _demo_bounds
+
+    good = suggest(*curve("clean", 100, noise=0.02))
+    assert _demo_bounds(good) == (good.clr_bounds.max_lr, good.clr_bounds.div)
+    assert capsys.readouterr().out == ""
+    x = np.linspace(-7, 1, 161)
+    wide = suggest(10**x, 2.3 - 1.8 / (1 + np.exp(-(x + 3) / 1.2)) + np.where(x > -0.5, np.expm1((x + 0.5) * 3), 0))
+    max_lr, div = _demo_bounds(wide)
+    assert (max_lr, div) == (wide.clr_bounds.max_lr, 10.0)
+    out = capsys.readouterr().out
+    assert "flagged" in out and "div=10" in out
+    assert _demo_bounds(suggest(*curve("trained", 100))) == (0.5, 10.0)
+    assert "no trustworthy suggestion" in capsys.readouterr().out
