@@ -687,3 +687,15 @@ def test_n_sweeps_runs_restored_sweeps_in_different_data_orders():
     assert one.sched.raw_losses == pytest.approx(sweeps[0].raw_losses, rel=1e-6)
 
 
+
+
+@pytest.mark.slow  # torch.compile's first call takes seconds even with the eager backend
+def test_compile_option_runs_the_same_sweep():
+    torch.manual_seed(3)
+    plain = small_learner(16)
+    plain.lr_find2(num_it=8, end_lr=1.0)
+    torch.manual_seed(3)
+    compiled = small_learner(16)
+    compiled.lr_find2(num_it=8, end_lr=1.0, compile="eager")  # torch.compile's cheapest backend
+    assert compiled.sched.raw_losses == pytest.approx(plain.sched.raw_losses, rel=1e-5)
+    assert compiled.sched.val_losses == pytest.approx(plain.sched.val_losses, rel=1e-5)
