@@ -232,6 +232,22 @@ def test_a_loss_that_barely_falls_before_rising_has_no_clear_descent():
     actual = shown[: lowest + 1].max() - shown[lowest]
     assert actual <= fall <= 0.0011 and start == pytest.approx(2.3, rel=1e-3)  # "at most": true of the curve
     assert fall < 0.02 * start and np.ptp(y) > 10  # compared with its level, not with the rise after it
+    assert "under 2% of its level" in s.notes["clr_bounds"]
+
+
+def test_a_flat_loss_that_blows_up_is_no_descent_and_the_note_says_why():
+    # a fresh model's validation loss over a short sweep: flat at 2.30, then a blow-up to 7e6
+    lrs = np.logspace(-5, 1, 20)
+    y = np.array([2.3044, 2.3025, 2.303, 2.3049, 2.3046, 2.3041, 2.3042, 2.305, 2.3049, 2.3047, 2.3045, 2.3033,
+                  2.2947, 2.2972, 3.1513, 15.9495, 154.7484, 2107.2692, 340947.7618, 7344434.8702])
+    s = suggest(lrs, y)
+    assert all_nan(s)
+    note = s.notes["valley"]
+    assert "its running median never falls" in note  # true of this curve: a median of 5 stays at 2.30 or above
+    median5 = np.median(np.lib.stride_tricks.sliding_window_view(y[2:16], 5), axis=1)
+    assert np.all(np.diff(median5) >= -0.002)
+    rises = float(re.search(r"rises from lr (\S+) on", note).group(1))
+    assert np.all(y[lrs >= rises] > 2.31) and np.all(y[lrs < rises * 0.9] < 2.31)
 
 
 def test_a_41_percent_fall_before_a_blow_up_is_a_clear_descent():
