@@ -457,13 +457,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _learner(args: argparse.Namespace, precision: dict | None = None, metrics: Sequence | None = None):
     import torch
 
