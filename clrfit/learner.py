@@ -651,7 +651,9 @@ class Learner:
         runtime, model, n = self.runtime, self.train_model, len(micro_batches)
         # A step cancelled or failed after backward left its gradients (the zero_grad below did not run):
         # they must not add to this one, nor to the first step of the next fit.
-        self.opt.zero_grad(set_to_none=True)
+        if self.__dict__.get("_grads_left", True):
+            self.opt.zero_grad(set_to_none=True)
+        self._grads_left = True
         total = None
         for j, batch in enumerate(micro_batches):
             self.xb, self.yb = runtime.to_device(batch)
@@ -666,6 +668,7 @@ class Learner:
         runtime.step(self.opt)
         self._fire("on_step_end")
         self.opt.zero_grad(set_to_none=True)
+        self._grads_left = False
 
     def _steps_per_epoch(self, accumulate: int = 1) -> int:
         accumulate = check_int("accumulate", accumulate, minimum=1)
