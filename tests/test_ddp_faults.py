@@ -220,10 +220,11 @@ def _check_trials(ranks: list[dict], tmp_path: Path, n: int) -> list[tuple[int, 
         position = [(t["epoch"], t["batch_index"], t["iteration"]) for t in (t0, t1)]
         assert position[0] == position[1], (t0, t1)
         assert t0["iteration"] >= t0["k"]  # it stopped after the signal, at a step boundary
-        assert t0["final_writes"] == t1["final_writes"] == 1 or t0["saved_at"] == list(position[0])
+        # The checkpoint holds the stop: written once more by the Ctrl-C, or already by checkpoint_every.
+        assert t0["final_writes"] == t1["final_writes"] in (0, 1), (t0, t1)
+        assert t0["saved_at"] == t1["saved_at"] == list(position[0]), (t0, t1)
         counters = read_checkpoint(tmp_path / f"{t0['name']}.ckpt")["counters"]
-        assert (counters["epoch"], counters["batch_index"], counters["iteration"]) == position[0] \
-            or counters["batch_index"] == 0  # stopped during an epoch's validation: saved as that epoch's end
+        assert (counters["epoch"], counters["batch_index"], counters["iteration"]) == position[0]
         stops.append((t0["k"], t0["iteration"]))
     return stops
 
