@@ -368,8 +368,11 @@ def _note_uncaught(err: BaseException) -> None:
     if not dist.is_initialized() or err is _FAULTS.handled or isinstance(err, KeyboardInterrupt):
         return  # a fit reported it already; a Ctrl-C reaches every rank (an agreed stop re-raises it everywhere)
     _FAULTS.left = True
-    rank = dist.get_rank()
-    _publish(rank, f"rank {rank} of {dist.get_world_size()} exited with an uncaught {type(err).__name__}: {_first_line(err)}")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if _is_collective_failure(err):  # e.g. learn.save()'s barrier after a peer failed: name the peer
+        _say(f"rank {rank} exits: {_who_stopped(rank, world_size)[1]}")
+        return
+    _publish(rank, f"rank {rank} of {world_size} exited with an uncaught {type(err).__name__}: {_first_line(err)}")
 
 
 def _publish(rank: int, message: str) -> None:

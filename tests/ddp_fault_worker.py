@@ -10,6 +10,7 @@
 - ``kill:R:K``: rank R sends itself SIGKILL as iteration K begins;
 - ``trials:N``: N fits in a row; in each, rank 0 sends SIGINT to every rank at once (a terminal
   Ctrl-C) from a timer thread, at a random moment of the fit;
+- ``outside:R``: after a clean fit rank R raises ``ValueError`` in the script, while the others save;
 - ``wait``: a long fit that writes ``OUT/training`` once it trains, for a signal from outside.
 
 Each rank writes ``OUT/rank<R>.json`` (what happened, the counters where it stopped, how many
@@ -154,7 +155,7 @@ def main(out: Path, scenario: str) -> None:
             rng = random.Random(1234)
             for i in range(int(args[0])):
                 dist.barrier()
-                k, delay = rng.randrange(1, EPOCHS * learn.nb - 2), rng.uniform(0, 2 * step_time)
+                k, delay = rng.randrange(1, EPOCHS * learn.nb - 4), rng.uniform(0, 2 * step_time)
                 try:
                     fit(learn, out, f"trial{i}", [TimerInterrupt(pids, k, delay)], results["trials"])
                 except KeyboardInterrupt:
@@ -166,6 +167,15 @@ def main(out: Path, scenario: str) -> None:
             fit(learn, out, "wait", [Slow(out, 0.05)], results["trials"], epochs=200)
         elif kind == "none":
             fit(learn, out, "none", [], results["trials"])
+        elif kind == "outside":  # after a clean fit, rank R fails in the script while the others save
+            fit(learn, out, "outside", [], results["trials"], epochs=1)
+            if rank == int(args[0]):
+                (OUT / "fault_time").write_text(repr(time.time()))
+                raise ValueError(f"script error on rank {rank} after the fit")
+            try:
+                learn.save(out / "final.pt")  # a barrier the failed rank never reaches
+            finally:
+                results["after_save"] = time.time()
         else:
             action, who = kind, int(args[0])
             event, k = ("on_batch_begin", int(args[1])) if action in ("sigint", "kill") else (args[1], int(args[2]))
