@@ -88,7 +88,7 @@ def stop_kind(cancel: Exception) -> Stop:
 
 
 def describe_position(learn: Any) -> tuple[str, str]:
-    """``('epoch E, iteration I', 'last good checkpoint: ...')``: where a fit stopped, for fault messages."""
+    """``('epoch E, iteration I', '<path> (epoch E, iteration I)' or 'none ...')``: where a fit stopped, and its last good checkpoint."""
     writer = next((cb for cb in getattr(learn, "_cbs", ()) if hasattr(cb, "saved_at") and hasattr(cb, "path")), None)
     if writer is None:
         last = "none (the fit has no checkpoint=)"
@@ -97,7 +97,7 @@ def describe_position(learn: Any) -> tuple[str, str]:
     else:
         epoch, _, iteration = writer.saved_at
         last = f"{writer.path} (epoch {epoch}, iteration {iteration})"
-    return f"epoch {learn.epoch}, iteration {learn.iteration}", f"last good checkpoint: {last}"
+    return f"epoch {learn.epoch}, iteration {learn.iteration}", last
 
 
 class PeerStopError(RuntimeError):
@@ -233,7 +233,7 @@ class DistributedContext:
         if _is_collective_failure(err):
             _FAULTS.left = True
             rank, cause = _who_stopped(self.rank, self.world_size)
-            message = (f"{cause}; rank {self.rank} stops too, at {position}. {checkpoint.capitalize()} "
+            message = (f"{cause}; rank {self.rank} stops too, at {position}. Last good checkpoint: {checkpoint} "
                        f"(rank {self.rank}'s collective failed: {_first_line(err)})")
             _say(message)
             return PeerStopError(message, rank)
@@ -242,7 +242,7 @@ class DistributedContext:
         _FAULTS.left = True
         record = f"rank {self.rank} of {self.world_size} raised {type(err).__name__}: {_first_line(err)} at {position}"
         _publish(self.rank, record)
-        message = f"{record}; the other ranks stop too. {checkpoint.capitalize()}"
+        message = f"{record}; the other ranks stop too. Last good checkpoint: {checkpoint}"
         _say(message)
         if hasattr(err, "add_note"):
             err.add_note(f"clrfit: {message}")

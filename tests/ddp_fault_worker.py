@@ -3,7 +3,7 @@
 ``python ddp_fault_worker.py OUT SCENARIO`` where SCENARIO is one of
 
 - ``none``: a clean fit;
-- ``raise:R:EVENT:K``: rank R raises ``RuntimeError`` from callback event EVENT at iteration K
+- ``raise:R:EVENT:K``: rank R (-1: every rank) raises ``RuntimeError`` from callback event EVENT at iteration K
   (every fault writes ``OUT/fault_time`` first);
 - ``cancel:R:EVENT:K``: rank R raises ``CancelFitException`` from EVENT at iteration K;
 - ``sigint:R:K``: rank R sends itself SIGINT as iteration K begins;
@@ -73,7 +73,7 @@ class Fault(Callback):
 
     def _maybe(self) -> None:
         learn = self.learn
-        if learn.dist.rank != self.rank or learn.iteration != self.iteration:
+        if self.rank not in (-1, learn.dist.rank) or learn.iteration != self.iteration:
             return
         (OUT / "fault_time").write_text(repr(time.time()))
         if self.action == "raise":
@@ -155,7 +155,7 @@ def main(out: Path, scenario: str) -> None:
             rng = random.Random(1234)
             for i in range(int(args[0])):
                 dist.barrier()
-                k, delay = rng.randrange(1, EPOCHS * learn.nb - 4), rng.uniform(0, 2 * step_time)
+                k, delay = rng.randrange(1, (EPOCHS - 1) * learn.nb), rng.uniform(0, 1.5 * step_time)  # an epoch to spare
                 try:
                     fit(learn, out, f"trial{i}", [TimerInterrupt(pids, k, delay)], results["trials"])
                 except KeyboardInterrupt:
