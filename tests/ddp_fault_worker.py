@@ -6,6 +6,7 @@
 - ``raise:R:EVENT:K``: rank R (-1: every rank) raises ``RuntimeError`` from callback event EVENT at iteration K
   (every fault writes ``OUT/fault_time`` first);
 - ``cancel:R:EVENT:K``: rank R raises ``CancelFitException`` from EVENT at iteration K;
+- ``nan:R:on_loss:K``: rank R's loss becomes NaN at iteration K (the divergence check must stop every rank);
 - ``sigint:R:K``: rank R sends itself SIGINT as iteration K begins;
 - ``kill:R:K``: rank R sends itself SIGKILL as iteration K begins;
 - ``trials:N``: N fits in a row; in each, rank 0 sends SIGINT to every rank at once (a terminal
@@ -80,6 +81,9 @@ class Fault(Callback):
             raise RuntimeError(f"injected fault on rank {self.rank} in {self.event}")
         if self.action == "cancel":
             raise CancelFitException()
+        if self.action == "nan":  # this rank's loss (and, through the gradient all-reduce, every weight) turns NaN
+            learn.loss = learn.loss * float("nan")
+            return
         os.kill(os.getpid(), signal.SIGINT if self.action == "sigint" else signal.SIGKILL)
 
 

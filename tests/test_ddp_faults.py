@@ -214,6 +214,31 @@ def test_sigint_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_a_cancel_on_one_rank_ends_the_fit_on_every_rank_at_that_step(tmp_path):
+    proc, ranks, _ = _launch(tmp_path, "cancel:0:on_batch_end:5")
+    assert proc.returncode == 0, _log(proc)  # a cancelled fit is a normal end, on every rank
+    for r in (0, 1):
+        trial = ranks[r]["trials"][-1]
+        assert (trial["outcome"], trial["epoch"], trial["iteration"], trial["interrupted"]) == ("completed", 0, 6, False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_divergence_error(tmp_path):
+    proc, ranks, _ = _launch(tmp_path, "nan:1:on_loss:5")
+    log = _log(proc)
+    assert proc.returncode != 0, log
+    trials = [ranks[r]["trials"][-1] for r in (0, 1)]
+    assert [t["outcome"] for t in trials] == ["DivergenceError"] * 2, log
+    assert trials[0]["iteration"] == trials[1]["iteration"]  # decided together (any_rank), at the same step
+    # Rank 1's loss at step 5; rank 0's from step 6 on, once the all-reduced NaN gradient reached the weights.
+    assert "training diverged: the training loss is nan at epoch 0, iteration 5" in trials[1]["message"]
+    assert "training diverged: the training loss is nan at epoch 0, iteration 6" in trials[0]["message"]
+    assert "clrfit: rank" not in proc.stderr  # an agreed stop: no rank failed alone, nobody is named
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_sigkill_of_one_rank_is_named_by_the_others(tmp_path):
     proc, ranks, _ = _launch(tmp_path, "kill:1:7")
     log = _log(proc)
