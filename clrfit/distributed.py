@@ -203,7 +203,7 @@ class DistributedContext:
         (host memory, so no device sync under NCCL); every rank calls it at the
         same boundaries, so every rank takes the same decision at the same step.
         """
-        if not self.enabled:
+        if not self.enabled or not dist.is_initialized():  # no process group to ask (a context built by hand)
             return stop, self.rank
         votes = torch.zeros(self.world_size, dtype=torch.int64)
         votes[self.rank] = int(stop)
@@ -224,7 +224,7 @@ class DistributedContext:
         Errors every rank raises together (``DivergenceError``, agreed through
         ``any_rank``) leave the group intact.
         """
-        if not self.enabled:
+        if not self.enabled or not dist.is_initialized():
             return None
         _FAULTS.handled = err
         if isinstance(err, PeerStopError):
