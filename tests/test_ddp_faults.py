@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as dist
 
 from clrfit.checkpoint import read_checkpoint
@@ -130,7 +129,7 @@ def test_exit_meeting_is_bounded(monkeypatch):
 # ---------------------------------------------------------------------- under torchrun
 
 
-def _launch(out: Path, scenario: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, list[dict], float]:
+def _launch(out: Path, scenario: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, list, float]:
     """Run the fault worker on 2 gloo ranks; ``(process, each rank's results, seconds)``."""
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
@@ -181,7 +180,7 @@ def test_an_exception_on_one_rank_ends_every_rank_in_seconds(tmp_path, rank, eve
 @pytest.mark.timeout(300)
 def test_the_same_exception_on_every_rank_is_each_ranks_own(tmp_path):
     # A bug that fails on every rank at once (a shape error, say): each rank reports its own error, none hangs.
-    proc, ranks, elapsed = _launch(tmp_path, "raise:-1:on_loss:5")
+    proc, ranks, _ = _launch(tmp_path, "raise:-1:on_loss:5")
     log = _log(proc)
     assert proc.returncode != 0, log
     for r in (0, 1):
@@ -196,7 +195,7 @@ def test_the_same_exception_on_every_rank_is_each_ranks_own(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigint_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    proc, ranks, elapsed = _launch(tmp_path, "sigint:1:5")
+    proc, ranks, _ = _launch(tmp_path, "sigint:1:5")
     log = _log(proc)
     assert proc.returncode != 0, log  # a Ctrl-C ends the job as interrupted (KeyboardInterrupt on every rank)
     for r in (0, 1):
