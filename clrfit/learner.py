@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from . import inference, schedules, transfer
+from . import inference, schedules, threads, transfer
 from .callback import (
     EVENTS,
     Callback,
@@ -68,6 +69,24 @@ class Learner:
     ``batch_fn(batch) -> (inputs, target)`` splits any other kind (inputs: a tensor,
     a tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``). ``crit`` takes
     ``(prediction, target)``; ``crit=clrfit.model_loss`` uses a loss the model returns.
+
+    Args:
+        model: the ``torch.nn.Module`` to train, with at least one trainable parameter; moved to ``device``.
+        data: a :class:`clrfit.ModelData` (training loader, validation loader or None).
+        opt_fn: ``opt_fn(param_groups, lr=...) -> torch.optim.Optimizer``; default SGD with momentum 0.9.
+        crit: the loss, ``crit(prediction, target) -> 0-d tensor``; default ``nn.CrossEntropyLoss()``.
+        metrics: functions ``metric(prediction, target) -> 0-d tensor`` shown after each epoch (a list).
+        layer_groups: a list of modules or parameter lists, one optimizer param group each (disjoint);
+            default: one group of all trainable parameters.
+        callbacks: :class:`clrfit.Callback` instances used in every fit (a list).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; default this rank's GPU if there is one, else the CPU.
+        fp16: True for fp16 mixed precision (same as ``precision="fp16"``).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; default fp32 (or fp16 when ``fp16=True``).
+        path: folder under which ``learn.save(name)`` writes ``models/<name>.pt``.
+        progress: show progress bars during fits (True or False).
+        table: print the epoch table after each epoch and the range test's suggestions (True or False).
+        batch_fn: ``batch_fn(batch) -> (inputs, target)`` for batches that are not ``(x, y)``,
+            ``(x1, ..., xn, y)`` or a dict; None splits those three kinds.
     """
 
     epoch = _counter("epoch")
@@ -128,6 +147,7 @@ class Learner:
         self.recorder = Recorder()
         self.sched: Recorder = self.recorder
         self._reset_counters()
+        _warn_if_oversubscribed(self.model, self.device)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -252,10 +272,10 @@ class Learner:
 
         Args:
             epochs: number of epochs, integer >= 1.
-            base_lr: lower lr bound, one value or one per layer group (> 0).
-            max_lr: upper lr bound, one value or one per layer group (>= base_lr).
+            base_lr: lower lr bound, one value or one per layer group (>= 0; 0 is allowed, as in torch).
+            max_lr: upper lr bound, one value or one per layer group (>= 0; normally >= base_lr).
             step_size_up: optimizer steps from base_lr up to max_lr (> 0).
-            step_size_down: steps back down (> 0); None: equal to step_size_up.
+            step_size_down: steps back down (>= 0; 0 makes a sawtooth); None: equal to step_size_up.
             mode: "triangular", "triangular2" (amplitude halves each cycle) or "exp_range" (scaled by gamma**t).
             gamma: decay base of "exp_range" (> 0).
             scale_fn: custom amplitude ``f(x) -> float`` in [0, 1] replacing mode; x per scale_mode.
@@ -323,7 +343,7 @@ class Learner:
 
         Args:
             epochs: number of epochs, integer >= 1 (total steps = epochs * steps_per_epoch).
-            max_lr: peak lr, one value or one per layer group (> 0).
+            max_lr: peak lr, one value or one per layer group (>= 0, as in torch).
             pct_start: fraction of the steps spent increasing the lr, in (0, 1).
             anneal_strategy: "cos" or "linear" annealing.
             cycle_momentum: True cycles momentum inversely to lr between base_momentum and max_momentum.
@@ -735,8 +755,23 @@ def _overrides(cb: Callback, event: str) -> bool:
 
 def _plain(value: Any) -> Any:
     """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
+    if hasattr(value, "tolist"):  # numpy and tensor scalars or arrays (the builders accept them too)
+        value = value.tolist()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return tuple(float(v) for v in value)
 
 
+_warned_threads = False
+
+
+def _warn_if_oversubscribed(model: nn.Module, device: torch.device) -> None:
+    """Once per process: warn when torch's CPU threads exceed the free cores (docs/threads.md)."""
+    global _warned_threads
+    if _warned_threads:
+        return
+    n_parameters = sum(p.numel() for p in model.parameters())
+    message = threads.oversubscription(torch.get_num_threads(), n_parameters, device.type)
+    if message is not None:
+        _warned_threads = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

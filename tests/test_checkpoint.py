@@ -118,6 +118,7 @@ def last_save(k: int, every: int, nb: int) -> int:
     return max(c for c in range(1, k + 1) if c % nb == 0 or c % every == 0)
 
 
+@pytest.mark.slow  # a real SIGKILL'd subprocess per case: ~45 s of the quick run on a busy 2-core machine
 @pytest.mark.parametrize(
     "name, every, kill_at",
     [
@@ -619,6 +620,7 @@ def _fingerprints_in_a_new_process(folder: Path) -> list[str]:
     return out.stdout.split()
 
 
+@pytest.mark.slow  # fresh interpreters importing torch: ~17 s on a busy 2-core machine
 def test_callable_fingerprint_is_stable_across_processes_and_changes_with_the_code(tmp_path):
     (tmp_path / "scales.py").write_text(SCALE_MODULE.format(factor=0.5))
     first = _fingerprints_in_a_new_process(tmp_path)
