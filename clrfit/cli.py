@@ -390,13 +390,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_bounds(s: Any) -> tuple[float, float]:
-    """max_lr and div from the range test's CLR bounds; a safe default if the curve gave none."""
-    bounds = getattr(s, "clr_bounds", None)
-    max_lr = _as_float(getattr(bounds, "max_lr", None))
-    div = _as_float(getattr(bounds, "div", None))
-    if max_lr is None or not max_lr > 0 or div is None or not div > 1:
-        print("   (no usable CLR bounds from this curve; using max_lr=0.5, div=10)")
+    """max_lr and div for the demo's 1cycle from trusted suggestions only; otherwise a safe default, said aloud."""
+    from .suggest import Suggestions
+
+    choice = s.one_cycle(div=10.0) if isinstance(s, Suggestions) else None
+    if choice is None:  # never train with a nan, noted or unstable suggestion
+        print("   (no trustworthy suggestion from this sweep, see the notes above; using max_lr=0.5, div=10 instead)")
         return 0.5, 10.0
+    max_lr, div, used = choice
+    if used != "clr_bounds":
+        print(f"   (the CLR bounds are flagged, see the note above; using {used}: max_lr={max_lr:.3g}, div={div:.3g})")
     return max_lr, div
 
 
@@ -497,13 +500,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _as_float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _learner(args: argparse.Namespace, precision: dict | None = None, metrics: Sequence | None = None):

@@ -382,15 +382,64 @@ class Learner:
                           accumulate=accumulate, compile=compile, checkpoint=checkpoint,
                           checkpoint_every=checkpoint_every, resume=resume, on_nan=on_nan)
 
-    def lr_find(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, wds=None, linear: bool = False,
-                **kwargs: Any) -> Suggestions:
-        """LR range test over at most one epoch; ``learn.sched`` holds the result. Learner state is restored."""
-        return lr_find(self, start_lr=start_lr, end_lr=end_lr, wds=wds, linear=linear, **kwargs)
+    def lr_find(
+        self,
+        start_lr: float | Sequence[float] = 1e-5,
+        end_lr: float = 10,
+        wds: float | Sequence[float] | None = None,
+        linear: bool = False,
+        callbacks: Sequence[Callback] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        accumulate: int = 1,
+        compile: bool | str = False,
+    ) -> Suggestions:
+        """LR range test over at most one epoch; ``learn.sched`` holds the result. Learner state is restored.
 
-    def lr_find2(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, num_it: int = 100, wds=None,
-                 linear: bool = False, stop_dv: bool = True, **kwargs: Any) -> Suggestions:
-        """LR range test over ``num_it`` steps, validating on one batch per step. Learner state is restored."""
-        return lr_find2(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, wds=wds, linear=linear, stop_dv=stop_dv, **kwargs)
+        Args:
+            start_lr: the first step's lr (> 0), or one per layer group (every group scaled alike).
+            end_lr: the last step's lr (> start_lr).
+            wds: weight decay during the sweep (>= 0), or one per layer group; None keeps the groups' own.
+            linear: a linear sweep instead of the exponential one (True or False).
+            callbacks: extra :class:`clrfit.Callback` instances for the sweep (a list).
+            metrics: metrics for this sweep instead of the learner's (a list).
+            accumulate: micro-batches per sweep step (an integer >= 1), as ``fit(accumulate=k)``.
+            compile: as ``fit``'s ``compile`` (False, True or a torch.compile backend name).
+        """
+        return lr_find(self, start_lr=start_lr, end_lr=end_lr, wds=wds, linear=linear, callbacks=callbacks,
+                       metrics=metrics, accumulate=accumulate, compile=compile)
+
+    def lr_find2(
+        self,
+        start_lr: float | Sequence[float] = 1e-5,
+        end_lr: float = 10,
+        num_it: int = 100,
+        wds: float | Sequence[float] | None = None,
+        linear: bool = False,
+        stop_dv: bool = True,
+        callbacks: Sequence[Callback] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        accumulate: int = 1,
+        compile: bool | str = False,
+        n_sweeps: int = 1,
+    ) -> Suggestions:
+        """LR range test over ``num_it`` steps, validating on one batch per step. Learner state is restored.
+
+        Args:
+            start_lr: the first step's lr (> 0), or one per layer group (every group scaled alike).
+            end_lr: the last step's lr (> start_lr).
+            wds: weight decay during the sweep (>= 0), or one per layer group; None keeps the groups' own.
+            linear: a linear sweep instead of the exponential one (True or False).
+            num_it: the number of sweep steps (an integer >= 2), across epochs if needed.
+            stop_dv: stop when the loss diverges (docs/lr_finder.md); False runs all ``num_it`` steps.
+            callbacks: extra :class:`clrfit.Callback` instances for the sweep (a list).
+            metrics: metrics for this sweep instead of the learner's (a list).
+            accumulate: micro-batches per sweep step (an integer >= 1), as ``fit(accumulate=k)``.
+            compile: as ``fit``'s ``compile`` (False, True or a torch.compile backend name).
+            n_sweeps: restored sweeps with different data orders (an integer >= 1); suggestions are their medians with spreads.
+        """
+        return lr_find2(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, wds=wds, linear=linear,
+                        stop_dv=stop_dv, callbacks=callbacks, metrics=metrics, accumulate=accumulate,
+                        compile=compile, n_sweeps=n_sweeps)
 
     # ------------------------------------------------------------------ the loop
     def train(
