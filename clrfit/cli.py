@@ -292,6 +292,9 @@ def _check_fit(args: argparse.Namespace) -> None:
     _check_folder("--out", args.out)
     if args.checkpoint is not None and args.checkpoint.is_dir():
         raise CliError(f"--checkpoint must be a file path, not a folder; got {str(args.checkpoint)!r}")
+    blocking = next((p for p in (args.checkpoint or args.out / CHECKPOINT_NAME).parents if p.is_file()), None)
+    if blocking is not None:  # before any data is loaded, not at the first write after an epoch
+        raise CliError(f"--checkpoint must be a path in a folder; {str(blocking)!r} is a file")
     from . import schedules  # pure Python: the library's own checks of the schedule's values, no torch
 
     # One epoch of a million batches stands in for the data's length, which is not known
@@ -339,6 +342,9 @@ def _check_device(device: str | None) -> None:
 def _check_folder(flag: str, path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise CliError(f"{flag} must be a folder; {str(path)!r} is a file")
+    blocking = next((p for p in path.parents if p.is_file()), None)
+    if blocking is not None:  # mkdir would fail only after the training
+        raise CliError(f"{flag} must be a folder path; {str(blocking)!r} is a file")
 
 
 def _check_plot_file(flag: str, path: Path) -> None:

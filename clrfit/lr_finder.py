@@ -85,8 +85,9 @@ class RangeTestRecorder(Recorder):
 
     def on_batch_end(self) -> None:
         learn = self.learn
-        loss = learn.step_loss if learn.step_loss is not None else torch.tensor(math.nan)
-        stats = [loss.detach().reshape(()).to(learn.device, torch.float64)]
+        if not self.record_step():  # cancelled before its loss: nothing to record, nothing to judge
+            return
+        stats = [learn.step_loss.detach().reshape(()).to(learn.device, torch.float64)]
         if self.validates_each_step:
             stats += self._validation_step()
         values = torch.stack(stats)
@@ -161,10 +162,13 @@ class RangeTestRecorder(Recorder):
         from .plots import plot_range_test
 
         n = len(self.iterations)
+        defaults = n_skip is None and n_skip_end is None
         n_skip = warmup_points(n) if n_skip is None else check_int("n_skip", n_skip, minimum=0)
         n_skip_end = end_points(n) if n_skip_end is None else check_int("n_skip_end", n_skip_end, minimum=0)
         check_bool("smoothed", smoothed)
         check_bool("suggestions", suggestions)
+        if defaults and n - n_skip - n_skip_end < 2:  # a short sweep: the default trims would leave no curve
+            n_skip = n_skip_end = 0
         if n - n_skip - n_skip_end < 2:
             raise ValueError(
                 f"n_skip={n_skip} and n_skip_end={n_skip_end} leave {max(n - n_skip - n_skip_end, 0)} of the {n} "
