@@ -32,6 +32,7 @@ from .callback import (
 )
 from .checkpoint import checkpoint_callbacks
 from .data import ModelData
+from .distributed import Stop, stop_kind
 from .lr_finder import lr_find, lr_find2
 from .metrics import metric_name
 from .precision import resolve_precision
@@ -512,23 +513,47 @@ class Learner:
             cb.learn = self
         self._handlers = {e: [getattr(cb, e) for cb in self._cbs if _overrides(cb, e)] for e in EVENTS}
         self._interrupt_requested = False
+        self._stopped_by = ""
         self._running = True
         try:
-            with sigint(self._request_stop):
+            # Under DDP a repeated Ctrl-C (torchrun forwards the terminal's) must not abort one rank mid-collective.
+            with sigint(self._request_stop, keep=self.dist.enabled):
                 try:
                     self._scope("train", self._all_epochs, _CANCELS)
                 finally:
                     self._end("on_train_end", _CANCELS)
                     if self.interrupted:
                         raise KeyboardInterrupt(
-                            f"training interrupted by Ctrl-C at epoch {self.epoch}, iteration {self.iteration}; "
-                            "the model and learn.sched hold the state reached"
+                            f"training interrupted by Ctrl-C{self._stopped_by} at epoch {self.epoch}, iteration "
+                            f"{self.iteration}; the model and learn.sched hold the state reached"
                         )
+        except Exception as err:
+            if self.dist.enabled:  # name the rank that stopped the job; never leave the others waiting
+                peer = self.dist.fail(err, self)
+                if peer is not None:
+                    raise peer from err
+            raise
         finally:
             self._interrupt_requested = self._running = False
 
     def _request_stop(self) -> None:
         self._interrupt_requested = True  # the loop stops after the current step
+
+    def _stop_if_agreed(self, own: Exception | None = None) -> None:
+        """At a step boundary: stop if this rank, or under DDP any rank, asks to; every rank stops at the same step.
+
+        ``own`` is the cancel this rank raised (the caller re-raises it when it is
+        the agreed stop). Ctrl-C on any rank stops every rank as a Ctrl-C does.
+        """
+        asked = stop_kind(own) if own is not None else Stop.INTERRUPT if self._interrupt_requested else Stop.NONE
+        agreed, rank = self.dist.agree_on_stop(asked)
+        if agreed is Stop.NONE or (own is not None and agreed is asked):
+            return
+        by = f" on rank {rank}" if self.dist.enabled else ""
+        if agreed is Stop.INTERRUPT:
+            self.interrupted, self._stopped_by = True, by
+            raise CancelFitException()
+        raise (CancelFitException if agreed is Stop.CANCEL_FIT else CancelEpochException)(f"cancelled{by}")
 
     def _fire(self, event: str) -> None:
         for handler in self._handlers[event]:
@@ -586,25 +611,31 @@ class Learner:
         state = self.state
         self.train_model.train()
         self.val_loss, self.val_metrics = None, []
+        agree = self.dist.enabled  # under DDP every step ends with the ranks' one small stop vote
         for micro_batches in self._epoch_steps():
             self.step_loss = None  # set once the step's forward passes are done: a step cancelled before has no loss
             try:
                 self._scope("batch", functools.partial(self._one_step, micro_batches), _CANCELS[:1])
+            except (CancelEpochException, CancelFitException) as cancel:
+                if agree:  # the other ranks stop at this step too
+                    self._stop_if_agreed(cancel)
+                raise
             finally:
                 # A batch that began counts as an iteration, however it ended, so the
                 # schedule never replays a position.
                 state.iteration += 1
                 state.batch_index += 1
-            if self._interrupt_requested:
-                self.interrupted = True
-                raise CancelFitException()
+            if agree or self._interrupt_requested:
+                self._stop_if_agreed()
         if self.data.val_dl is not None and self.validate_each_epoch:
             self._fire("on_validate_begin")
             self.val_loss, self.val_metrics = self.validate()
-            if self._interrupt_requested:  # a partial validation is no result: stop before recording it
-                self.val_loss, self.val_metrics = None, []
-                self.interrupted = True
-                raise CancelFitException()
+            if agree or self._interrupt_requested:
+                try:
+                    self._stop_if_agreed()
+                except CancelFitException:  # a partial validation is no result: stop before recording it
+                    self.val_loss, self.val_metrics = None, []
+                    raise
             self._fire("on_validate_end")
 
     def _epoch_steps(self) -> Iterator[list[Any]]:

@@ -116,15 +116,17 @@ def start_persistent_workers(loaders: Any) -> None:
 class sigint:
     """The one SIGINT handler: calls ``on_signal`` on the first Ctrl-C of the block.
 
-    ``repeat="default"``: a second Ctrl-C interrupts at once (the previous handler
-    is back). ``deliver=True``: the signal is re-raised when the block ends, so a
-    Ctrl-C that arrived while state was being restored is not lost. Outside the
+    By default a second Ctrl-C interrupts at once (the previous handler is back);
+    ``keep=True`` handles every Ctrl-C of the block like the first.
+    ``deliver=True``: the signal is re-raised when the block ends, so a Ctrl-C
+    that arrived while state was being restored is not lost. Outside the
     main thread (where Python cannot install handlers) it does nothing.
     """
 
-    def __init__(self, on_signal: Callable[[], None] | None = None, deliver: bool = False) -> None:
+    def __init__(self, on_signal: Callable[[], None] | None = None, deliver: bool = False, keep: bool = False) -> None:
         self.on_signal = on_signal
         self.deliver = deliver
+        self.keep = keep  # True: a repeated Ctrl-C is handled like the first (DDP: stops must be agreed)
         self.previous: Any = None
         self.received = False
 
@@ -139,7 +141,7 @@ class sigint:
         self.received = True
         if self.on_signal is not None:
             self.on_signal()
-        if not self.deliver:  # a second Ctrl-C is immediate
+        if not (self.deliver or self.keep):  # a second Ctrl-C is immediate
             signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
 
     def __exit__(self, *exc: Any) -> None:
