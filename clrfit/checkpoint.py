@@ -74,6 +74,7 @@ import torch
 import torch.distributed as dist
 
 from .callback import Callback
+from .elastic import check_world_size, own_state, run_shape
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
 from .serialization import (
@@ -321,14 +322,16 @@ class Checkpoint(Callback):
             warnings.warn(f"resume=True: no checkpoint at {path} yet; starting a fresh fit", stacklevel=2)
             return
         state = read_checkpoint(path)
-        differences = setup_differences(state["setup"], self.setup)
+        # Another world size is honoured when the global batch and order agree (clrfit.elastic); else it is named.
+        differences = setup_differences(*check_world_size(state["setup"], self.setup))
         if differences:
             raise ValueError(
                 f"resume: {path} was written by a different fit; {'; '.join(differences)}. "
                 "Pass the same arguments as the interrupted fit, or resume=False to start over"
             )
-        if state.get("per_rank"):  # each rank continues its own random streams and history
-            state.update(state["per_rank"][learn.dist.rank])
+        own = own_state(state.get("per_rank"), learn.dist.rank, learn.dist.world_size)
+        if own is not None:  # each rank continues its own random streams and history (rank 0's on another world size)
+            state.update(own)
         _apply(learn, state, path, callbacks=True)
         for g, g_state in zip(_generators(learn), state["loader_generators"]):  # count checked in setup
             g.set_state(g_state)
@@ -367,6 +370,7 @@ def run_setup(learn: "Learner", callback_states: dict[str, Any] | None = None) -
         world_size=learn.dist.world_size,
         loader_generators=len(_generators(learn)),
         stateful_callbacks=tuple(sorted(callback_states or {})),
+        **run_shape(learn),
     )
     return setup
 
