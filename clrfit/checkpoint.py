@@ -75,6 +75,7 @@ import torch.distributed as dist
 
 from .callback import Callback
 from .elastic import check_world_size, own_state, run_shape
+from .fsdp import load_model_state, model_state, remove_old_shards
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
 from .serialization import (
@@ -289,7 +290,8 @@ class Checkpoint(Callback):
                "callbacks": self._callback_states(epochs_done=epoch)}
         state = {
             "clrfit_checkpoint": FORMAT,
-            "model": learn.model.state_dict(), "opt": learn.opt.state_dict(), "precision": learn.precision.state_dict(),
+            **model_state(learn, self.path, iteration),  # FSDP: every rank writes its shards (clrfit.fsdp)
+            "precision": learn.precision.state_dict(),
             "counters": dict(epoch=epoch, batch_index=batch_index, iteration=iteration, cycle=cycle,
                              iter_in_cycle=iter_in_cycle),
             **own,
@@ -298,6 +300,7 @@ class Checkpoint(Callback):
         }
         if learn.is_main_process:
             save_state(state, self.path)
+            remove_old_shards(self.path, state.get("sharded"))
         learn.dist.barrier()
         self.saved_at = (epoch, batch_index, iteration)
         if guard is not None:
@@ -481,8 +484,7 @@ def _apply(learn: "Learner", state: dict[str, Any], source: Any, callbacks: bool
     keyed = _keyed_callbacks(learn) if callbacks else []
     snapshot = LearnerSnapshot(learn, everything=False, callbacks=[cb for _, cb in keyed])
     try:
-        learn.model.load_state_dict(state["model"])
-        learn.opt.load_state_dict(state["opt"])
+        load_model_state(learn, state, Path(source))  # a sharded checkpoint is resharded to this run
         learn.precision.load_state_dict(state["precision"])
         for key, cb in keyed:
             if key in state["callbacks"]:

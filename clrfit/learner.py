@@ -35,7 +35,8 @@ from .precision import resolve_precision
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
-from .runtime import Runtime, compile_backend
+from .fsdp import make_runtime
+from .runtime import compile_backend
 from .scheduler import ParamScheduler
 from .serialization import load_state, save_state, set_rng_states
 from .state import TrainingState, loader_generators, sigint
@@ -84,6 +85,7 @@ class Learner:
         path: str | Path = ".",
         progress: bool = True,
         table: bool = True,
+        strategy: str = "ddp",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -101,10 +103,12 @@ class Learner:
                 raise TypeError(f"{name} must be callable or None; got {fn!r}")
         _check_metrics(metrics)
         groups = _param_groups(model, layer_groups)
-        self.runtime = runtime = Runtime(model, device, precision_name)
+        # strategy="fsdp" shards the model with FSDP2 under torchrun (clrfit.fsdp); "ddp" replicates it.
+        self.runtime = runtime = make_runtime(strategy, model, device, precision_name)
         self.dist, self.device, self.precision = runtime.dist, runtime.device, runtime.precision
         self.channels_last = runtime.channels_last
         self.model = runtime.place(model)
+        groups = runtime.regroup(groups)  # FSDP replaces the parameters it shards
         self.data = self.dist.shard_data(data)
         self.crit = crit if crit is not None else nn.CrossEntropyLoss()
         self.metrics = list(metrics or [])
