@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data.distributed import DistributedSampler
 
+from .loaders import GlobalOrderSampler
+
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
 
@@ -43,8 +45,6 @@ def run_shape(learn: "Learner") -> dict[str, Any]:
 
 def data_order(dl: Any, world_size: int) -> str:
     """``"global"`` when ``dl`` serves its share of the single-process order, else ``"per-world-size"``."""
-    from .loaders import GlobalOrderSampler
-
     sampler = getattr(dl, "sampler", None)
     if isinstance(sampler, DistributedSampler) and not isinstance(sampler, GlobalOrderSampler):
         return "per-world-size"  # torch's DistributedSampler: its shuffle depends on the number of replicas
