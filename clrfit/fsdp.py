@@ -35,11 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
 from .distributed import DistributedContext
 from .runtime import Runtime
@@ -68,6 +64,8 @@ class FSDPRuntime(Runtime):
         self.dist = FSDPContext(self.dist.world_size, self.dist.rank, self.dist.local_rank, self.dist.backend)
         self._new_params: dict[int, nn.Parameter] = {}
         if self.dist.enabled and self.precision.scaler is not None:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler  # lazy: seconds to import
+
             # Each rank sees only its shards' gradients: the inf check must be agreed on, or ranks would disagree on skipping.
             self.precision.scaler = ShardedGradScaler(self.device.type)
 
@@ -76,6 +74,8 @@ class FSDPRuntime(Runtime):
         model = super().place(model)
         if not self.dist.enabled:
             return model
+        from torch.distributed.fsdp import fully_shard  # lazy: seconds to import, needed only here
+
         old = {name: p for name, p in model.named_parameters()}
         with torch.no_grad():  # one starting model on every rank, as DDP makes it
             for tensor in [*model.parameters(), *model.buffers()]:
@@ -197,6 +197,9 @@ def model_state(learn: "Learner", path: Path, iteration: int) -> dict[str, Any]:
     """
     if not is_sharded(learn):
         return {"model": learn.model.state_dict(), "opt": learn.opt.state_dict()}
+    import torch.distributed.checkpoint as dcp  # lazy: seconds to import, needed only for sharded state
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     folder = path.with_name(f"{path.name}.dcp-{iteration}")
     model_sd, opt_sd = get_state_dict(learn.model, learn.opt)
     dcp.save({"model": model_sd, "opt": opt_sd}, checkpoint_id=str(folder))
@@ -217,6 +220,9 @@ def load_model_state(learn: "Learner", state: dict[str, Any], path: Path) -> Non
         learn.model.load_state_dict(state["model"])
         learn.opt.load_state_dict(state["opt"])
         return
+    import torch.distributed.checkpoint as dcp  # lazy: seconds to import, needed only for sharded state
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     model_sd, opt_sd = get_state_dict(learn.model, learn.opt)  # this run's layout: DCP reads into it
     target = {"model": model_sd, "opt": opt_sd}
     dcp.load(target, checkpoint_id=str(path.with_name(folder)))

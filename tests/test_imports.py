@@ -26,6 +26,7 @@ ALLOWED_LAZY = {
     ("datasets", "*"): "optional dataset dependencies (mnist1d, torchvision) load only for the dataset asked for",
     ("schedules", "plots"): "matplotlib loads only when a figure is drawn",
     ("plots", "*"): "IPython is looked up only when a figure is shown in a notebook",
+    ("fsdp", "*"): "torch.distributed.fsdp / .checkpoint take seconds to import: loaded only for strategy='fsdp' or a sharded checkpoint",
 }
 
 
