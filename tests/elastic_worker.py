@@ -8,6 +8,7 @@
   (``checkpoint_every=4``, mid-epoch) in ``DIR/A.pt`` / ``DIR/B.pt``.
 - ``resume``: resumes ``DIR/A.pt`` and ``DIR/B.pt`` on this world size, then runs
   both fits uninterrupted; rank 0 writes ``DIR/W<W>.pt`` with the four results.
+- ``plain``: only the uninterrupted fits (the multi-node rendezvous test).
 
 Each rank's batch is ``GLOBAL_BS / W`` (``BS`` in the environment overrides it).
 """
@@ -85,7 +86,7 @@ def main(mode: str, folder: str) -> None:
         fit("A", bs, out / "A.pt", False, StopAt(STOP_AT))
         fit("B", bs, out / "B.pt", False, StopAt(STOP_AT, out / "killme"))
         return
-    results = {f"resumed-{name}": fit(name, bs, out / f"{name}.pt", True) for name in FITS}
+    results = {f"resumed-{name}": fit(name, bs, out / f"{name}.pt", True) for name in FITS} if mode == "resume" else {}
     results.update({f"plain-{name}": fit(name, bs, out / f"plain-{name}.pt", False) for name in FITS})
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(results, out / f"W{world}.pt")

@@ -153,3 +153,31 @@ def test_save_on_two_ranks_sigkill_resume_on_one_and_three(tmp_path):
         learn.fit(worker.LR, 1, cycle_len=worker.EPOCHS, use_clr_beta=worker.CLR_BETA, checkpoint=saved / "B.pt",
                   checkpoint_every=worker.EVERY, resume=True)
     assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_nodes_through_torchruns_c10d_rendezvous_train_like_one_process(tmp_path):
+    # Two torchrun agents (one process each) meet at a c10d rendezvous, as two machines would; node ranks are assigned.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=clrfit-test", "--max-restarts=0", str(WORKER), "plain",
+           str(tmp_path)]
+    agents = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+              for _ in range(2)]
+    try:
+        outputs = [a.communicate(timeout=240)[0].decode(errors="replace") for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+    assert all(a.returncode == 0 for a in agents), "\n".join(o[-2000:] for o in outputs)
+    two = torch.load(tmp_path / "W2.pt", weights_only=False)
+    worker = _load_worker()
+    for name in ("A", "B"):
+        one = worker.fit(name, worker.GLOBAL_BS, tmp_path / f"one-{name}.pt", False)  # this process: one rank
+        assert two[f"plain-{name}"]["world_size"] == 2 and two[f"plain-{name}"]["lrs"] == one["lrs"]
+        for key, value in one["state"].items():
+            torch.testing.assert_close(two[f"plain-{name}"]["state"][key], value, rtol=1e-5, atol=1e-6)
