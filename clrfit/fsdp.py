@@ -189,6 +189,15 @@ def is_sharded(learn: "Learner") -> bool:
     return isinstance(learn.runtime, FSDPRuntime) and learn.dist.enabled
 
 
+def refuse_sharded(learn: "Learner", what: str) -> None:
+    """``ValueError`` for ``what`` (a plain state-dict file) when the model is sharded: each rank holds only its shards."""
+    if is_sharded(learn):
+        raise ValueError(
+            f"{what} writes a plain state dict, but under strategy='fsdp' each rank holds only its shards of the model; "
+            "use fit(..., checkpoint=PATH), which writes sharded checkpoints that load on any number of ranks"
+        )
+
+
 def model_state(learn: "Learner", path: Path, iteration: int) -> dict[str, Any]:
     """What a checkpoint file holds for model and optimizer: the state dicts, or, sharded, the DCP folder it wrote.
 

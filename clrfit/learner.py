@@ -35,7 +35,7 @@ from .precision import resolve_precision
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
-from .fsdp import make_runtime
+from .fsdp import make_runtime, refuse_sharded
 from .runtime import compile_backend
 from .scheduler import ParamScheduler
 from .serialization import load_state, save_state, set_rng_states
@@ -582,6 +582,7 @@ class Learner:
 
     def save(self, name: str | Path, with_opt: bool = True) -> Path:
         """Write the model (and optimizer) state atomically; returns the path."""
+        refuse_sharded(self, "learn.save")  # FSDP: a plain file would hold rank 0's shards only
         state = {"model": self.model.state_dict()}
         if with_opt:
             state["opt"] = self.opt.state_dict()

@@ -56,7 +56,9 @@ def make_learner(bs: int, precision: str | None = None) -> Learner:
     def opt_fn(params, lr):
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
 
-    return Learner(model, data, opt_fn=opt_fn, precision=precision, progress=False, table=False, strategy="fsdp")
+    # Two layer groups (trained with two lrs): FSDP replaces the parameters, the groups must follow.
+    return Learner(model, data, opt_fn=opt_fn, layer_groups=[model[0], model[2]], precision=precision,
+                   progress=False, table=False, strategy="fsdp")
 
 
 def full_state(learn: Learner) -> dict[str, torch.Tensor]:
@@ -72,20 +74,25 @@ def fit(bs: int, precision: str | None = None, checkpoint: Path | None = None, r
         stop: Callback | None = None) -> dict:
     learn = make_learner(bs, precision)
     kwargs = dict(checkpoint=checkpoint, checkpoint_every=EVERY, resume=resume) if checkpoint else {}
-    rec = learn.fit(LR, 1, cycle_len=EPOCHS, use_clr_beta=CLR_BETA, accumulate=ACCUMULATE,
+    rec = learn.fit([LR / 10, LR], 1, cycle_len=EPOCHS, use_clr_beta=CLR_BETA, accumulate=ACCUMULATE,
                     callbacks=[stop] if stop else None, **kwargs)
     return {"lrs": rec.lrs, "moms": rec.momentums, "iterations": rec.iterations, "val_losses": rec.val_losses,
-            "iteration": learn.iteration, "state": full_state(learn), "world_size": learn.dist.world_size,
+            "group_lrs": [float(g["lr"]) for g in learn.opt.param_groups], "iteration": learn.iteration, "state": full_state(learn), "world_size": learn.dist.world_size,
             "sharded": type(next(learn.model.parameters())).__name__}
 
 
-def range_test(bs: int) -> dict:
+def range_test(bs: int, folder: Path) -> dict:
     learn = make_learner(bs)
     before = full_state(learn)
+    try:
+        learn.save(folder / "plain.pt")
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
     suggestions = learn.lr_find2(start_lr=1e-4, end_lr=100, num_it=12)
     rec = learn.sched
     return {"lrs": rec.lrs, "losses": rec.losses, "suggestions": suggestions.as_dict(),
-            "restored": all(torch.equal(v, before[k]) for k, v in full_state(learn).items())}
+            "save_refused": refused, "restored": all(torch.equal(v, before[k]) for k, v in full_state(learn).items())}
 
 
 def main(mode: str, folder: str) -> None:
@@ -96,7 +103,7 @@ def main(mode: str, folder: str) -> None:
     results: dict = {}
     if mode == "train":
         fit(bs, checkpoint=out / "ckpt.pt", stop=StopAt(STOP_AT))
-        results["range_test"] = range_test(bs)
+        results["range_test"] = range_test(bs, out)
     else:
         results["resumed"] = fit(bs, checkpoint=out / "ckpt.pt", resume=True)
     results["plain"] = fit(bs)

@@ -124,6 +124,9 @@ def test_fsdp_on_two_ranks_matches_one_process_and_its_checkpoint_resumes_on_one
     for result in (two, runs[3]):
         # Schedules, accumulation (3 steps of 2 micro-batches per epoch) and weights: the single process's.
         assert result["plain"]["lrs"] == single["plain"]["lrs"] and result["plain"]["iterations"] == list(range(9))
+        # Two layer groups survive the sharding (the optimizer holds the sharded parameters, at lrs 1:10).
+        lo, hi = result["plain"]["group_lrs"]
+        assert hi == pytest.approx(10 * lo) and result["plain"]["group_lrs"] == single["plain"]["group_lrs"]
         _close(result["plain"]["state"], single["plain"]["state"], rtol=1e-5, atol=1e-6)
         # Validation (13 samples, batches of 6: ranks with fewer batches pad) is the exact full-set loss.
         assert result["plain"]["val_losses"] == pytest.approx(single["plain"]["val_losses"], rel=1e-6)
@@ -137,6 +140,9 @@ def test_fsdp_on_two_ranks_matches_one_process_and_its_checkpoint_resumes_on_one
     # A range test gives one answer on every rank and puts the sharded weights back exactly.
     finder = two["range_test"]
     assert finder["restored"] and len(finder["lrs"]) == 12
+    # learn.save would write rank 0's shards as if they were the model: refused, pointing to checkpoint=.
+    assert "under strategy='fsdp' each rank holds only its shards" in finder["save_refused"]
+    assert not (trained / "plain.pt").exists()
     assert finder["lrs"][0] == pytest.approx(1e-4) and finder["lrs"][-1] == pytest.approx(100)
 
     # The DCP checkpoint written on 2 ranks resumes on 1 process and on 3 ranks: the rest of the run is the
