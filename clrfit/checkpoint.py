@@ -24,6 +24,8 @@ key                    contents
 ``loader_generators``  states of the data loaders' own torch generators, if any
 ``per_rank``           under DDP, for every rank: its RNG and loader generator
                        states and callback states (each rank records its own losses)
+``sharded``            under FSDP only: the ``torch.distributed.checkpoint`` folder
+                       holding model and optimizer (``model``/``opt`` are then empty)
 ``callbacks``          ``state_dict()`` of every stateful callback (the recorder's
                        history: lrs, momentums, losses, validation results)
 ``setup``              the fit's arguments, the schedule's own fields (callables
@@ -46,6 +48,8 @@ history, and loads the counters and RNG states into ``learn.state``
 (:class:`clrfit.state.TrainingState`): the loop replays the epoch's data order
 and skips the steps already done, so the resumed run matches an uninterrupted
 one exactly on CPU.
+On another number of ranks it resumes too when the global batch is the same
+(:mod:`clrfit.elastic`; every rank then continues rank 0's random streams).
 
 Divergence: a NaN/inf training loss stops the fit with :class:`DivergenceError`
 (epoch, iteration, lr, momentum). Losses are checked as the recorder reads them
