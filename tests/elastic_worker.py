@@ -2,12 +2,12 @@
 
 ``python [-m torch.distributed.run --nproc_per_node=W] tests/elastic_worker.py MODE DIR``
 
-- ``save`` (2 ranks): fit A (TensorLoader) stops itself at iteration ``STOP_AT``; fit B
+- ``save`` (2 ranks): fits A and C (TensorLoaders) stop themselves at iteration ``STOP_AT``; fit B
   (DataLoader) writes ``DIR/killme`` at ``STOP_AT`` and sleeps until the test
   SIGKILLs every rank. Both leave the checkpoint of iteration ``STOP_AT - 1``
-  (``checkpoint_every=4``, mid-epoch) in ``DIR/A.pt`` / ``DIR/B.pt``.
-- ``resume``: resumes ``DIR/A.pt`` and ``DIR/B.pt`` on this world size, then runs
-  both fits uninterrupted; rank 0 writes ``DIR/W<W>.pt`` with the four results.
+  (``checkpoint_every=4``, mid-epoch) in ``DIR/A.pt``, ``DIR/C.pt`` and ``DIR/B.pt``.
+- ``resume``: resumes the three files on this world size, then runs the three
+  fits uninterrupted; rank 0 writes ``DIR/W<W>.pt`` with the six results.
 - ``plain``: only the uninterrupted fits (the multi-node rendezvous test).
 
 Each rank's batch is ``GLOBAL_BS / W`` (``BS`` in the environment overrides it).
@@ -48,16 +48,17 @@ class StopAt(Callback):
         time.sleep(600)  # the test kills every rank with SIGKILL
 
 
-def make_data(bs: int, loader: str) -> ModelData:
+def make_data(bs: int, loader: str, seed: int | None = None) -> ModelData:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N_TRN + N_VAL, N_FEATURES, generator=g)
     y = (x[:, 1] + 0.5 * x[:, 2] > 0).long()
-    return ModelData.from_tensors(x[:N_TRN], y[:N_TRN], x[N_TRN:], y[N_TRN:], bs=bs, loader=loader)
+    extra = {} if seed is None else {"seed": seed}  # seed=s: the loader's own generator stream, not the global RNG
+    return ModelData.from_tensors(x[:N_TRN], y[:N_TRN], x[N_TRN:], y[N_TRN:], bs=bs, loader=loader, **extra)
 
 
-def make_learner(bs: int, loader: str, opt: str) -> Learner:
+def make_learner(bs: int, loader: str, opt: str, seed: int | None = None) -> Learner:
     torch.manual_seed(0)  # every rank (and the single process) draws the same shuffles
-    data = make_data(bs, loader)
+    data = make_data(bs, loader, seed)
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(N_FEATURES, 8), nn.Tanh(), nn.Linear(8, 2))  # no BatchNorm, no dropout
     torch.manual_seed(0)
@@ -65,12 +66,12 @@ def make_learner(bs: int, loader: str, opt: str) -> Learner:
     return Learner(model, data, opt_fn=opt_fn, progress=False, table=False)
 
 
-FITS = {"A": ("tensor", "adam"), "B": ("torch", "sgd")}
+FITS = {"A": ("tensor", "adam", None), "C": ("tensor", "sgd", 5), "B": ("torch", "sgd", None)}
 
 
 def fit(name: str, bs: int, checkpoint: Path, resume: bool, stop: Callback | None = None) -> dict:
-    loader, opt = FITS[name]
-    learn = make_learner(bs, loader, opt)
+    loader, opt, seed = FITS[name]
+    learn = make_learner(bs, loader, opt, seed)
     rec = learn.fit(LR, 1, cycle_len=EPOCHS, use_clr_beta=CLR_BETA, checkpoint=checkpoint, checkpoint_every=EVERY,
                     resume=resume, callbacks=[stop] if stop else None)
     return {"lrs": rec.lrs, "moms": rec.momentums, "iterations": rec.iterations, "val_losses": rec.val_losses,
@@ -84,6 +85,7 @@ def main(mode: str, folder: str) -> None:
     bs = int(os.environ.get("BS", GLOBAL_BS // world))
     if mode == "save":
         fit("A", bs, out / "A.pt", False, StopAt(STOP_AT))
+        fit("C", bs, out / "C.pt", False, StopAt(STOP_AT))
         fit("B", bs, out / "B.pt", False, StopAt(STOP_AT, out / "killme"))
         return
     results = {f"resumed-{name}": fit(name, bs, out / f"{name}.pt", True) for name in FITS} if mode == "resume" else {}

@@ -105,7 +105,7 @@ def _load_worker():
 def test_save_on_two_ranks_sigkill_resume_on_one_and_three(tmp_path):
     saved = tmp_path / "saved"
     saved.mkdir()
-    # Two ranks: fit A cancels itself at iteration 9; fit B is SIGKILLed (every rank) at iteration 9.
+    # Two ranks: fits A and C cancel themselves at iteration 9; fit B is SIGKILLed (every rank) at iteration 9.
     proc = subprocess.Popen(_command(2, "save", str(saved)), cwd=ROOT, env=_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -118,7 +118,7 @@ def test_save_on_two_ranks_sigkill_resume_on_one_and_three(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, at once
         proc.wait(timeout=30)
     worker = _load_worker()
-    for name in ("A", "B"):
+    for name in ("A", "B", "C"):
         ckpt = torch.load(saved / f"{name}.pt", weights_only=False)
         # The last file is the mid-epoch checkpoint of iteration 8 (checkpoint_every=4), written by 2 ranks.
         assert ckpt["counters"] == dict(epoch=1, batch_index=2, iteration=8, cycle=0, iter_in_cycle=8)
@@ -132,7 +132,7 @@ def test_save_on_two_ranks_sigkill_resume_on_one_and_three(tmp_path):
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         results = torch.load(folder / f"W{world}.pt", weights_only=False)
         n_steps = worker.EPOCHS * 6
-        for name in ("A", "B"):
+        for name in ("A", "B", "C"):
             resumed, plain = results[f"resumed-{name}"], results[f"plain-{name}"]
             assert resumed["world_size"] == plain["world_size"] == world
             # Same iteration and schedule position: the history continues the checkpoint's, step for step.
