@@ -32,7 +32,9 @@ _EXPORTS = {
     "datasets": "datasets",
     "error_rate": "metrics",
     "models": "models",
+    "model_loss": "metrics",
     "preview": "schedules",
+    "range_test": "any_loop",
     "schedules": "schedules",
 }
 

@@ -29,19 +29,21 @@ import atexit
 import datetime
 import contextlib
 import copy
+import hashlib
 import os
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
+
+from .loaders import GlobalOrderSampler, ShardSampler, TensorLoader, check_last_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import ModelData
-    from .loaders import TensorLoader
 
 #: Environment variables ``torchrun`` sets that a distributed run cannot start without.
 RENDEZVOUS_VARIABLES: tuple[str, ...] = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK")
@@ -218,25 +220,8 @@ def _destroy_process_group() -> None:
 # ---------------------------------------------------------------------- sharding
 
 
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world_size, ...``: every sample on exactly one rank, none repeated.
-
-    Unlike ``DistributedSampler`` it never pads, so sums over ranks are exact
-    totals; ranks may get different numbers of samples. For evaluation only.
-    """
-
-    def __init__(self, n_samples: int, world_size: int, rank: int) -> None:
-        self.n_samples, self.world_size, self.rank = n_samples, world_size, rank
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n_samples, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n_samples, self.world_size))
-
-
-def shard_train_loader(dl: "DataLoader | TensorLoader", world_size: int, rank: int,
-                       name: str = "trn_dl") -> "DataLoader | TensorLoader":
+def shard_train_loader(dl: DataLoader | TensorLoader, world_size: int, rank: int,
+                       name: str = "trn_dl") -> DataLoader | TensorLoader:
     """Rank ``rank``'s share of every global batch of the one order a single process would draw.
 
     ``dl``'s ``batch_size`` is the per-rank batch; the global batch is
@@ -251,8 +236,6 @@ def shard_train_loader(dl: "DataLoader | TensorLoader", world_size: int, rank: i
     are a ``ValueError``. A loader already over a ``DistributedSampler`` (or an
     already sharded ``TensorLoader``) is returned unchanged.
     """
-    from .loaders import GlobalOrderSampler, TensorLoader, check_last_batch
-
     if isinstance(dl, TensorLoader):
         if dl.world_size > 1 or dl.indices is not None:
             return dl
@@ -274,11 +257,9 @@ def shard_train_loader(dl: "DataLoader | TensorLoader", world_size: int, rank: i
     return DataLoader(dl.dataset, sampler=sampler, **_loader_options(dl))
 
 
-def shard_eval_loader(dl: "DataLoader | TensorLoader", world_size: int, rank: int,
-                      name: str = "val_dl") -> "DataLoader | TensorLoader":
+def shard_eval_loader(dl: DataLoader | TensorLoader, world_size: int, rank: int,
+                      name: str = "val_dl") -> DataLoader | TensorLoader:
     """``dl`` over samples ``rank, rank + W, ...``: each sample evaluated on exactly one rank, in order."""
-    from .loaders import TensorLoader
-
     if isinstance(dl, TensorLoader):
         if dl.shuffle:
             raise ValueError(f"{name}: a shuffled TensorLoader cannot be an evaluation loader; pass shuffle=False")
@@ -294,8 +275,6 @@ def _check_ranks_agree(name: str, state: torch.Tensor, source: str) -> None:
     """Under a process group, every rank must hold the same random state: else their orders differ (an error on every rank)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return
-    import hashlib
-
     digests: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(digests, hashlib.sha1(state.cpu().numpy().tobytes()).hexdigest())
     differ = [r for r, d in enumerate(digests) if d != digests[0]]

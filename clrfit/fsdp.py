@@ -47,11 +47,13 @@ if TYPE_CHECKING:  # pragma: no cover
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 
 
-def make_runtime(strategy: str, model: nn.Module, device: str | torch.device | None, precision: str) -> Runtime:
+def make_runtime(strategy: str, model: nn.Module, device: str | torch.device | None, precision: str,
+                 batch_fn: Callable[[Any], tuple[Any, Any]] | None = None) -> Runtime:
     """The runtime for ``strategy``: ``"ddp"`` (replicate the model, the default) or ``"fsdp"`` (shard it)."""
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}; got {strategy!r}")
-    return FSDPRuntime(model, device, precision) if strategy == "fsdp" else Runtime(model, device, precision)
+    kind = FSDPRuntime if strategy == "fsdp" else Runtime
+    return kind(model, device, precision, batch_fn)
 
 
 class FSDPRuntime(Runtime):
@@ -59,8 +61,9 @@ class FSDPRuntime(Runtime):
 
     strategy = "fsdp"
 
-    def __init__(self, model: nn.Module, device: str | torch.device | None, precision: str) -> None:
-        super().__init__(model, device, precision)
+    def __init__(self, model: nn.Module, device: str | torch.device | None, precision: str,
+                 batch_fn: Callable[[Any], tuple[Any, Any]] | None = None) -> None:
+        super().__init__(model, device, precision, batch_fn)
         self.dist = FSDPContext(self.dist.world_size, self.dist.rank, self.dist.local_rank, self.dist.backend)
         self._new_params: dict[int, nn.Parameter] = {}
         if self.dist.enabled and self.precision.scaler is not None:
@@ -108,8 +111,8 @@ class FSDPRuntime(Runtime):
     def evaluate(self, model: nn.Module, batch: Any, crit: Callable, metrics: Sequence[Callable]) -> torch.Tensor:
         """As :meth:`Runtime.evaluate`; a :class:`PaddingBatch` runs the forward pass (a collective) and counts zero."""
         if isinstance(batch, PaddingBatch):
-            xb, _ = self.to_device(batch)
-            model(xb)
+            xb, yb = self.to_device(batch.batch)
+            self.forward(model, xb, yb, crit)
             return torch.zeros(2 + len(metrics), device=self.device, dtype=torch.float64)
         return super().evaluate(model, batch, crit, metrics)
 
@@ -138,8 +141,11 @@ class FSDPContext(DistributedContext):
         return sharded
 
 
-class PaddingBatch(tuple):
+class PaddingBatch:
     """A batch a rank evaluates only so that every rank runs the same forward passes; it counts zero."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
 
 
 class even_batches:
@@ -169,9 +175,11 @@ class even_batches:
             yield PaddingBatch(first)
 
 
-def _one_sample(dl: Any) -> tuple:
+def _one_sample(dl: Any) -> Any:
     """A batch of the dataset's first sample, for a rank whose shard is empty."""
     sample = dl.dataset[0]
+    if isinstance(sample, dict):
+        return {k: torch.as_tensor(v).unsqueeze(0) for k, v in sample.items()}
     return tuple(torch.as_tensor(v).unsqueeze(0) for v in sample)
 
 

@@ -62,6 +62,12 @@ class Learner:
 
     ``learn.recorder`` is the history of the last fit; ``learn.sched`` is the
     recorder of the last fit *or range test* (the fastai 0.7 name, kept as an alias).
+
+    Batches may be ``(x, y)``, ``(x1, ..., xn, y)`` for a model taking n inputs, or a
+    dict passed to the model as keyword arguments (its target under ``labels``);
+    ``batch_fn(batch) -> (inputs, target)`` splits any other kind (inputs: a tensor,
+    a tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``). ``crit`` takes
+    ``(prediction, target)``; ``crit=clrfit.model_loss`` uses a loss the model returns.
     """
 
     epoch = _counter("epoch")
@@ -85,6 +91,7 @@ class Learner:
         path: str | Path = ".",
         progress: bool = True,
         table: bool = True,
+        batch_fn: Callable[[Any], tuple[Any, Any]] | None = None,
         strategy: str = "ddp",
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -104,7 +111,7 @@ class Learner:
         _check_metrics(metrics)
         groups = _param_groups(model, layer_groups)
         # strategy="fsdp" shards the model with FSDP2 under torchrun (clrfit.fsdp); "ddp" replicates it.
-        self.runtime = runtime = make_runtime(strategy, model, device, precision_name)
+        self.runtime = runtime = make_runtime(strategy, model, device, precision_name, batch_fn)
         self.dist, self.device, self.precision = runtime.dist, runtime.device, runtime.precision
         self.channels_last = runtime.channels_last
         self.model = runtime.place(model)

@@ -111,6 +111,23 @@ class GlobalOrderSampler(DistributedSampler):
         return sum(hi - lo for lo, hi in self.spans)
 
 
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world_size, ...``: every sample on exactly one rank, none repeated.
+
+    Unlike ``DistributedSampler`` it never pads, so sums over ranks are exact
+    totals; ranks may get different numbers of samples. For evaluation only.
+    """
+
+    def __init__(self, n_samples: int, world_size: int, rank: int) -> None:
+        self.n_samples, self.world_size, self.rank = n_samples, world_size, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n_samples, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n_samples, self.world_size))
+
+
 # ---------------------------------------------------------------------- whole-batch transforms
 
 
@@ -211,8 +228,9 @@ class TensorLoader:
     the loader was used before. With ``seed=s`` the generator is seeded once
     and its stream runs on from epoch to epoch, independent of the global RNG
     (and of anything else that draws from it, such as dropout);
-    ``generator=g`` uses the caller's generator the same way. ``drop_last``
-    drops a short last batch. ``device``: where the tensors (and so every batch) live; no
+    ``generator=g`` uses the caller's generator the same way. A loader that
+    draws nothing (no shuffle, no random transform) has ``.generator = None``.
+    ``drop_last`` drops a short last batch. ``device``: where the tensors (and so every batch) live; no
     copy happens per step when it is the training device. ``transform`` (e.g.
     :class:`ImageBatchTransform`) runs on each whole batch of the first tensor.
     """
@@ -235,10 +253,12 @@ class TensorLoader:
                 raise TypeError(f"generator must be a CPU torch.Generator or None; got {generator!r}")
             if seed is not None:
                 raise ValueError(f"pass seed or generator, not both; got seed={seed} and a generator")
-            self.generator = generator  # the caller's stream, as DataLoader(generator=...) uses it
+            self.generator: torch.Generator | None = generator  # the caller's stream, as DataLoader(generator=g)
             self.seed = generator.initial_seed()
-        else:
+        elif self.draws:
             self.generator = torch.Generator().manual_seed(0 if seed is None else self.seed)
+        else:
+            self.generator = None  # nothing random to draw (as a DataLoader without shuffle has no generator)
         n = len(self.tensors[0])
         if self.drop_last and n < self.batch_size:
             raise ValueError(f"batch_size={self.batch_size} with drop_last=True leaves no batch of the {n} samples; "
@@ -247,6 +267,7 @@ class TensorLoader:
             self.tensors = tuple(t.to(check_device("device", device)) for t in self.tensors)
         self.world_size, self.rank = 1, 0
         self.indices: torch.Tensor | None = None  # a fixed subset in fixed order (an evaluation shard)
+        self._eval_shard: tuple[int, int] | None = None  # (world_size, rank) of an evaluation shard
         self.epoch = 0
         self._position = 0  # batches served in the epoch under way
         self._epoch_start: torch.Tensor | None = None
@@ -274,8 +295,10 @@ class TensorLoader:
         return self.batch_size * self.world_size
 
     @property
-    def sampler(self) -> "TensorLoaderOrder":
-        """A view of the order (``len`` = samples served per epoch; ``set_epoch``), as ``DataLoader.sampler``."""
+    def sampler(self) -> Sampler[int]:
+        """The order as ``DataLoader.sampler`` shows it: a ``ShardSampler`` for an evaluation shard, else a view."""
+        if self._eval_shard is not None:  # the same indices in the same order, so code that checks for one works
+            return ShardSampler(len(self.tensors[0]), *self._eval_shard)
         return TensorLoaderOrder(self)
 
     @property
@@ -295,9 +318,9 @@ class TensorLoader:
         start, self._resume_at = self._resume_at, None
         if start is None:  # a new epoch (else: the one load_state_dict restored, from its own generator state)
             start = 0
-            if self.seed is None and self.draws:
+            if self.seed is None and self.draws and self.generator is not None:
                 self.generator.manual_seed(draw_seed())
-        self._epoch_start = self.generator.get_state()
+        self._epoch_start = None if self.generator is None else self.generator.get_state()
         self._position = start
         order, choices = self._draw(self.generator)
         device = self.device
@@ -316,7 +339,7 @@ class TensorLoader:
             self._position += 1
             yield tuple(batch)
 
-    def _draw(self, generator: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _draw(self, generator: torch.Generator | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """This epoch's order (None: identity) and transform choices, from ``generator``."""
         n = len(self.tensors[0])
         if self.indices is not None:
@@ -334,9 +357,11 @@ class TensorLoader:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """``epoch``, ``position`` (batches served in the epoch under way) and the generator state it started from."""
-        if self._epoch_start is not None and 0 < self._position < len(self):
-            return {"epoch": self.epoch, "position": self._position, "generator": self._epoch_start.clone()}
-        return {"epoch": self.epoch, "position": 0, "generator": self.generator.get_state()}
+        if 0 < self._position < len(self):
+            start = None if self._epoch_start is None else self._epoch_start.clone()
+            return {"epoch": self.epoch, "position": self._position, "generator": start}
+        return {"epoch": self.epoch, "position": 0,
+                "generator": None if self.generator is None else self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`: the next iteration replays that epoch from ``position``.
@@ -350,9 +375,14 @@ class TensorLoader:
         epoch = check_int("state['epoch']", state["epoch"], minimum=0)
         position = check_int("state['position']", state["position"], minimum=0, maximum=len(self))
         g_state = state["generator"]
-        if not isinstance(g_state, torch.Tensor) or g_state.dtype != torch.uint8:
+        if self.generator is None:
+            if g_state is not None:
+                raise ValueError("state['generator'] holds a generator state, but this loader draws nothing "
+                                 "(no shuffle, no random transform) and has no generator")
+        elif not isinstance(g_state, torch.Tensor) or g_state.dtype != torch.uint8:
             raise ValueError(f"state['generator'] must be a torch generator state (uint8 tensor); got {type(g_state).__name__}")
-        self.generator.set_state(g_state)
+        else:
+            self.generator.set_state(g_state)
         self.epoch = epoch
         self._resume_at = position or None
 
@@ -379,6 +409,7 @@ class TensorLoader:
         """Samples ``rank, rank + world_size, ...`` in order: every sample on exactly one rank, none repeated."""
         shard = self._copy()
         shard.indices = torch.arange(rank, len(self.tensors[0]), world_size, device=self.device)
+        shard._eval_shard = (world_size, rank)
         shard.shuffle, shard.drop_last = False, False
         return shard
 
@@ -386,8 +417,9 @@ class TensorLoader:
         """A loader over the same tensors (no copy) with its own generator, in the same state as this one's."""
         other = object.__new__(TensorLoader)
         other.__dict__.update(self.__dict__)
-        other.generator = torch.Generator()
-        other.generator.set_state(self.generator.get_state())
+        if self.generator is not None:
+            other.generator = torch.Generator()
+            other.generator.set_state(self.generator.get_state())
         other._epoch_start, other._resume_at, other._position = None, None, 0
         return other
 
@@ -414,7 +446,8 @@ class TensorLoaderOrder(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         """The indices the next epoch will serve, in order (drawn from a copy: the loader's generator is not advanced)."""
         preview = torch.Generator()
-        preview.set_state(self.loader.generator.get_state())
+        if self.loader.generator is not None:
+            preview.set_state(self.loader.generator.get_state())
         if self.loader.seed is None and self.loader.draws:
             preview.manual_seed(draw_seed(_copy_of_global_rng()))
         order, _ = self.loader._draw(preview)

@@ -31,7 +31,11 @@ NO_CONTEXT = contextlib.nullcontext()
 class Runtime:
     """Device, precision and process group of one learner, and the step primitives that depend on them."""
 
-    def __init__(self, model: nn.Module, device: str | torch.device | None, precision: str) -> None:
+    def __init__(self, model: nn.Module, device: str | torch.device | None, precision: str,
+                 batch_fn: Callable[[Any], tuple[Any, Any]] | None = None) -> None:
+        if batch_fn is not None and not callable(batch_fn):
+            raise TypeError(f"batch_fn must be a callable batch -> (inputs, target), or None; got {batch_fn!r}")
+        self.split = split_batch if batch_fn is None else _checked(batch_fn)
         self.dist: DistributedContext = from_environment()
         self.device = resolve_device(device, self.dist.local_rank)
         self.channels_last = uses_channels_last(model, self.device)
@@ -70,8 +74,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ batches
     def to_device(self, batch: Any) -> tuple[Any, Any]:
-        """``(xb, yb)`` of a batch on the device; nested tuples, lists and dicts are moved leaf by leaf."""
-        xb, yb = batch[0], batch[1]
+        """``(inputs, target)`` of a batch on the device; nested tuples, lists and dicts are moved leaf by leaf.
+
+        The batch is split by :func:`split_batch` (or the learner's ``batch_fn``).
+        """
+        xb, yb = self.split(batch)
         if self.channels_last and isinstance(xb, torch.Tensor) and xb.ndim == 4:
             return (xb.to(self.device, non_blocking=self._non_blocking, memory_format=torch.channels_last),
                     move(yb, self.device, self._non_blocking))
@@ -89,10 +96,10 @@ class Runtime:
     def forward(self, model: nn.Module, xb: Any, yb: Any, crit: Callable) -> tuple[Any, torch.Tensor]:
         """``(prediction, loss)``, under autocast when the precision is fp16 or bf16."""
         if self._autocast_dtype is None:
-            pred = model(xb)
+            pred = model(xb) if type(xb) is torch.Tensor else call_model(model, xb)
             return pred, crit(pred, yb)
         with torch.autocast(self.device.type, dtype=self._autocast_dtype):
-            pred = model(xb)
+            pred = call_model(model, xb)
             return pred, crit(pred, yb)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -108,9 +115,11 @@ class Runtime:
         """``[loss * n, n, metric * n, ...]`` of one batch as a float64 device tensor (``model`` in eval mode)."""
         xb, yb = self.to_device(batch)
         pred, loss = self.forward(model, xb, yb, crit)
-        n = float(len(yb))
+        n = float(batch_size(xb, yb))
         values = [loss.detach().double().reshape(()) * n, torch.full((), n, device=self.device, dtype=torch.float64)]
-        values += [m(pred.float(), yb).double().reshape(()) * n for m in metrics]
+        if metrics:
+            out = pred.float() if isinstance(pred, torch.Tensor) else pred  # metrics receive what the loss receives
+            values += [torch.as_tensor(m(out, yb), device=self.device).double().reshape(()) * n for m in metrics]
         return torch.stack(values)
 
     def __repr__(self) -> str:
@@ -127,6 +136,71 @@ def resolve_device(device: str | torch.device | None, local_rank: int) -> torch.
         return torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r} ({err})") from None
+
+
+_TARGET_KEYS = ("labels", "label", "target", "targets", "y")
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, target)`` of a batch: ``(x, y)``; ``(x1, ..., xn, y)`` -> ``((x1, ..., xn), y)``; a dict -> (the dict, its labels).
+
+    A dict batch is passed whole to the model as keyword arguments (so a model that
+    computes its own loss from ``labels`` gets them); its target is the value of the
+    first of the keys ``labels``, ``label``, ``target``, ``targets``, ``y`` that it
+    has, or None. Anything else needs a ``batch_fn``.
+    """
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1]
+        if len(batch) > 2:
+            return tuple(batch[:-1]), batch[-1]
+    elif isinstance(batch, dict):
+        return batch, next((batch[k] for k in _TARGET_KEYS if k in batch), None)
+    what = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+    raise TypeError(
+        f"batch: got {what}; a batch must be a tuple or list (x, y) or (x1, ..., xn, y), or a dict "
+        f"(with the target under one of {', '.join(_TARGET_KEYS)}); pass batch_fn=lambda batch: (inputs, target) to split others"
+    )
+
+
+def _checked(batch_fn: Callable[[Any], tuple[Any, Any]]) -> Callable[[Any], tuple[Any, Any]]:
+    """``batch_fn`` with its result checked to be a pair ``(inputs, target)``."""
+    def split(batch: Any) -> tuple[Any, Any]:
+        out = batch_fn(batch)
+        if not isinstance(out, tuple) or len(out) != 2:
+            got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else f"a {type(out).__name__}"
+            raise TypeError(f"batch_fn must return a pair (inputs, target); got {got} from {batch_fn!r}")
+        return out
+    return split
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``; a tuple or list of inputs is passed as ``model(*inputs)``, a dict as ``model(**inputs)``."""
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(inputs)
+
+
+def batch_size(inputs: Any, target: Any) -> int:
+    """Number of samples in a batch: the leading size of the first tensor of the target, else of the inputs."""
+    for part in (target, inputs):
+        t = _first_tensor(part)
+        if t is not None and t.ndim > 0:
+            return t.shape[0]
+    raise TypeError("batch: found no tensor with a leading sample dimension in the inputs or the target")
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else ()
+    for v in values:
+        t = _first_tensor(v)
+        if t is not None:
+            return t
+    return None
 
 
 def move(x: Any, device: torch.device, non_blocking: bool) -> Any:

@@ -170,7 +170,7 @@ def test_api_reference_documents_only_the_api():
 
     text = _load("make_api").render()
     sections = re.findall(r"^## (clrfit\S*)", text, re.M)
-    assert sections == ["clrfit", "clrfit.datasets", "clrfit.models", "clrfit.schedules"]
+    assert sections == ["clrfit", "clrfit.callbacks", "clrfit.datasets", "clrfit.models", "clrfit.schedules"]
     for name in clrfit.__all__:
         assert f"`{name}`" in text, name
     for internal in ("ParamScheduler", "ProgressCallback", "format_row", "save_state", "check_number", "build_parser"):

@@ -59,12 +59,12 @@ def test_even_batches_pads_with_zero_count_batches():
     batches = list(even_batches(dl, 5))
     assert len(batches) == 5 and len(even_batches(dl, 5)) == 5
     assert [isinstance(b, PaddingBatch) for b in batches] == [False, False, False, True, True]
-    assert torch.equal(batches[3][0], batches[0][0]) and even_batches(dl, 5).batch_size == 2
+    assert batches[3].batch is batches[0] and even_batches(dl, 5).batch_size == 2
     empty = TensorLoader(x, y, batch_size=2).eval_shard(world_size=6, rank=5)  # samples 5, 11, ...: none
     assert len(empty) == 0  # a rank whose shard is empty pads with the dataset's first sample
     padded = list(even_batches(empty, 2))
     assert len(padded) == 2 and all(isinstance(b, PaddingBatch) for b in padded)
-    assert padded[0][0].shape == (1, 2) and torch.equal(padded[0][0][0], x[0])
+    assert padded[0].batch[0].shape == (1, 2) and torch.equal(padded[0].batch[0][0], x[0])
 
     runtime = FSDPRuntime(nn.Linear(2, 3), "cpu", "fp32")
     model = nn.Linear(2, 3)

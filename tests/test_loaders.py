@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clrfit import Learner, ModelData
-from clrfit.distributed import DistributedContext, shard_eval_loader, shard_train_loader
+from clrfit.distributed import DistributedContext, ShardSampler, shard_eval_loader, shard_train_loader
 from clrfit.loaders import GlobalOrderSampler, ImageBatchTransform, TensorLoader, global_batch_spans
 
 from conftest import InterruptAt, make_model
@@ -242,6 +242,8 @@ def test_tensor_eval_shards_cover_every_sample_once():
     per_rank = [epoch_ids(shard_eval_loader(dl, 2, r)) for r in range(2)]
     assert sorted(sum(per_rank[0] + per_rank[1], [])) == list(range(21))
     assert [len(shard_eval_loader(dl, 2, r).sampler) for r in range(2)] == [11, 10]
+    shard = shard_eval_loader(dl, 2, 1)
+    assert isinstance(shard.sampler, ShardSampler) and list(shard.sampler) == sum(epoch_ids(shard), [])
     with pytest.raises(ValueError, match="val_dl: a shuffled TensorLoader"):
         shard_eval_loader(ids_loader(8, 2, shuffle=True, seed=0), 2, 0)
 
@@ -397,11 +399,15 @@ def test_bad_input_is_named_before_anything_trains(build, error, pattern):
 
 
 def test_bad_state_dict_is_refused():
-    dl = ids_loader(10, 4)
+    dl = ids_loader(10, 4, shuffle=True, seed=0)
     with pytest.raises(ValueError, match="state must be a dict with epoch, position and generator"):
         dl.load_state_dict({"epoch": 0})
     with pytest.raises(ValueError, match=r"state\['position'\] must be an integer in \[0, 3\]"):
         dl.load_state_dict({"epoch": 0, "position": 4, "generator": dl.generator.get_state()})
+    plain = ids_loader(10, 4)  # draws nothing: no generator, like a DataLoader without shuffle
+    assert plain.generator is None and plain.state_dict()["generator"] is None
+    with pytest.raises(ValueError, match="this loader draws nothing"):
+        plain.load_state_dict(dl.state_dict())
 
 
 # ---------------------------------------------------------------------- the benchmark
