@@ -42,12 +42,12 @@ class StopAt(Callback):
             raise CancelFitException()
 
 
-def make_learner(bs: int, precision: str | None = None) -> Learner:
+def make_learner(bs: int, precision: str | None = None, loader: str = "tensor") -> Learner:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N_TRN + N_VAL, N_FEATURES, generator=g)
     y = (x[:, 1] + 0.5 * x[:, 2] > 0).long()
-    data = ModelData.from_tensors(x[:N_TRN], y[:N_TRN], x[N_TRN:], y[N_TRN:], bs=bs, val_bs=6)
+    data = ModelData.from_tensors(x[:N_TRN], y[:N_TRN], x[N_TRN:], y[N_TRN:], bs=bs, val_bs=6, loader=loader)
     # Ranks seeded differently on purpose: FSDP must start every rank from rank 0's weights, as DDP does.
     torch.manual_seed(1 + int(os.environ.get("RANK", "0")))
     model = nn.Sequential(nn.Linear(N_FEATURES, 8), nn.Tanh(), nn.Linear(8, 2))
@@ -71,8 +71,8 @@ def full_state(learn: Learner) -> dict[str, torch.Tensor]:
 
 
 def fit(bs: int, precision: str | None = None, checkpoint: Path | None = None, resume: bool = False,
-        stop: Callback | None = None) -> dict:
-    learn = make_learner(bs, precision)
+        stop: Callback | None = None, loader: str = "tensor") -> dict:
+    learn = make_learner(bs, precision, loader)
     kwargs = dict(checkpoint=checkpoint, checkpoint_every=EVERY, resume=resume) if checkpoint else {}
     rec = learn.fit([LR / 10, LR], 1, cycle_len=EPOCHS, use_clr_beta=CLR_BETA, accumulate=ACCUMULATE,
                     callbacks=[stop] if stop else None, **kwargs)
@@ -107,6 +107,7 @@ def main(mode: str, folder: str) -> None:
     else:
         results["resumed"] = fit(bs, checkpoint=out / "ckpt.pt", resume=True)
     results["plain"] = fit(bs)
+    results["dataloader"] = fit(bs, loader="torch")  # torch DataLoaders: GlobalOrderSampler, padded ShardSampler
     results["bf16"] = fit(bs, "bf16")
     results["fp16"] = fit(bs, "fp16")
     if world > 1:  # what every rank must agree on, gathered to rank 0

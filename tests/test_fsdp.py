@@ -130,6 +130,10 @@ def test_fsdp_on_two_ranks_matches_one_process_and_its_checkpoint_resumes_on_one
         _close(result["plain"]["state"], single["plain"]["state"], rtol=1e-5, atol=1e-6)
         # Validation (13 samples, batches of 6: ranks with fewer batches pad) is the exact full-set loss.
         assert result["plain"]["val_losses"] == pytest.approx(single["plain"]["val_losses"], rel=1e-6)
+        # The same with torch DataLoaders (their validation shards padded the same way).
+        assert result["dataloader"]["lrs"] == single["dataloader"]["lrs"]
+        _close(result["dataloader"]["state"], single["dataloader"]["state"], rtol=1e-5, atol=1e-6)
+        assert result["dataloader"]["val_losses"] == pytest.approx(single["dataloader"]["val_losses"], rel=1e-6)
         # Precision: bf16 and fp16 (ShardedGradScaler) autocast follow the single process to low-precision tolerance.
         for precision, tol in (("bf16", 5e-3), ("fp16", 1e-3)):
             assert result[precision]["lrs"] == single[precision]["lrs"]
