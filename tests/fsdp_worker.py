@@ -4,10 +4,11 @@
 
 - ``train`` (W=2): fit ``ckpt`` (accumulate=2, checkpoint_every=2) cancels itself at
   iteration 4, leaving the mid-epoch checkpoint of that iteration in ``DIR/ckpt.pt``
-  (+ its DCP folder); then an uninterrupted fit, a bf16 fit, an fp16 fit and an
-  ``lr_find2``.
+  (+ its DCP folder); then an ``lr_find2``, an uninterrupted fit, one over DataLoaders, bf16,
+  fp16 and compiled (``compile="aot_eager"``) fits.
 - ``resume`` (any W): resumes ``DIR/ckpt.pt`` on this world size, then runs the
-  uninterrupted fit, bf16 and fp16 fits (with W=1: the plain single-process reference).
+  uninterrupted fit, DataLoader, bf16 and fp16 fits (with W=1: the plain single-process reference, and
+  a compiled fit, as in ``train``).
 
 Rank 0 writes ``DIR/<MODE>-W<W>.pt``; every rank adds what must agree across ranks.
 """
@@ -71,11 +72,11 @@ def full_state(learn: Learner) -> dict[str, torch.Tensor]:
 
 
 def fit(bs: int, precision: str | None = None, checkpoint: Path | None = None, resume: bool = False,
-        stop: Callback | None = None, loader: str = "tensor") -> dict:
+        stop: Callback | None = None, loader: str = "tensor", compile: bool | str = False) -> dict:
     learn = make_learner(bs, precision, loader)
     kwargs = dict(checkpoint=checkpoint, checkpoint_every=EVERY, resume=resume) if checkpoint else {}
     rec = learn.fit([LR / 10, LR], 1, cycle_len=EPOCHS, use_clr_beta=CLR_BETA, accumulate=ACCUMULATE,
-                    callbacks=[stop] if stop else None, **kwargs)
+                    callbacks=[stop] if stop else None, compile=compile, **kwargs)
     return {"lrs": rec.lrs, "moms": rec.momentums, "iterations": rec.iterations, "val_losses": rec.val_losses,
             "group_lrs": [float(g["lr"]) for g in learn.opt.param_groups], "iteration": learn.iteration, "state": full_state(learn), "world_size": learn.dist.world_size,
             "sharded": type(next(learn.model.parameters())).__name__}
@@ -110,6 +111,8 @@ def main(mode: str, folder: str) -> None:
     results["dataloader"] = fit(bs, loader="torch")  # torch DataLoaders: GlobalOrderSampler, padded ShardSampler
     results["bf16"] = fit(bs, "bf16")
     results["fp16"] = fit(bs, "fp16")
+    if mode == "train" or world == 1:  # torch.compile through FSDP2's hooks (aot_eager: traced, no C++ build)
+        results["compiled"] = fit(bs, compile="aot_eager")
     if world > 1:  # what every rank must agree on, gathered to rank 0
         mine = {k: (results[k]["lrs"], results[k].get("losses", results[k].get("val_losses"))) for k in results}
         everyone: list = [None] * world

@@ -141,6 +141,11 @@ def test_fsdp_on_two_ranks_matches_one_process_and_its_checkpoint_resumes_on_one
         # Every rank saw the same schedule, losses and suggestions.
         assert all(r == result["per_rank"][0] for r in result["per_rank"])
 
+    # torch.compile (aot_eager) of the sharded model: the single process's (compiled) weights.
+    assert two["compiled"]["lrs"] == single["compiled"]["lrs"]
+    _close(two["compiled"]["state"], single["compiled"]["state"], rtol=1e-5, atol=1e-6)
+    _close(two["compiled"]["state"], single["plain"]["state"], rtol=1e-5, atol=1e-6)
+
     # A range test gives one answer on every rank and puts the sharded weights back exactly.
     finder = two["range_test"]
     assert finder["restored"] and len(finder["lrs"]) == 12
