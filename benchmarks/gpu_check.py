@@ -115,7 +115,10 @@ def plan(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str], floa
     steps.append(("eager", [py, bench, *size, *device, "--json", str(out / "eager.json")], 75))
     steps.append(("train", [py, bench, *train, *device, "--json", str(out / "train.json")], 90))
     if args.device == "cuda" or not args.quick:  # last: compiling is the slowest step; on a busy CPU not worth it
-        steps.append(("compile", [py, bench, *size, *device, "--compile", "--json", str(out / "compile.json")], 210))
+        # One warm-up round compiles both sides (each compiled module is reused by later fits); fewer timed rounds.
+        compile_size = size if args.quick else ["--bs", "512", "--batches", "30", "--rounds", "4", "--warmup", "1"]
+        steps.append(("compile", [py, bench, *compile_size, *device, "--compile", "--json",
+                                  str(out / "compile.json")], 260))
     return steps
 
 

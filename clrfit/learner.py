@@ -29,13 +29,13 @@ from .callback import (
 )
 from .checkpoint import checkpoint_callbacks
 from .data import ModelData
+from .fsdp import make_runtime, refuse_sharded
 from .lr_finder import lr_find, lr_find2
 from .metrics import metric_name
 from .precision import resolve_precision
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
-from .fsdp import make_runtime, refuse_sharded
 from .runtime import compile_backend
 from .scheduler import ParamScheduler
 from .serialization import load_state, save_state, set_rng_states
