@@ -1,7 +1,9 @@
 """The callbacks people expect: keep the best weights, stop early, clip gradients, log to CSV or TensorBoard.
 
-Each class is one concern. Pass them to a fit (``learn.fit(..., callbacks=[...])``)
-or to the Learner (every fit). Stateful ones (``SaveBest``, ``EarlyStopping``,
+Each class is one concern. The ``callbacks`` module is public: after
+``from clrfit import callbacks as cb``, pass them to a fit
+(``learn.fit(..., callbacks=[cb.SaveBest(), cb.CSVLogger("log.csv")])``) or to
+the Learner (every fit). Stateful ones (``SaveBest``, ``EarlyStopping``,
 ``CSVLogger``, ``TensorBoardLogger``) store their state in checkpoints through
 ``state_dict()`` / ``load_state_dict()``, so ``fit(..., checkpoint=P, resume=True)``
 continues them exactly; a fresh fit starts them over. LR range tests leave
@@ -21,7 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from .callback import Callback, CancelFitException
+from .lr_finder import RangeTestRecorder
 from .serialization import load_state, save_state
 from .validation import check_bool, check_choice, check_int, check_number
 
@@ -51,8 +57,6 @@ class _Resumable(Callback):
         return self.learn.epoch > 0 or self.learn.iteration > 0
 
     def on_train_begin(self) -> None:
-        from .lr_finder import RangeTestRecorder
-
         self.sitting_out = isinstance(self.learn.recorder, RangeTestRecorder)
         if not self.sitting_out and not self.resumed:
             self.reset()
@@ -202,8 +206,6 @@ class EarlyStopping(_Monitor):
                            f"by more than {self.min_delta:g} for {self.wait} epoch(s) (patience={self.patience}); "
                            f"stopping after epoch {epoch}")
             if self.learn.is_main_process:
-                from tqdm.auto import tqdm
-
                 tqdm.write(self.reason)  # above the epoch's progress bar, which is still open
             raise CancelFitException()
 
@@ -237,8 +239,6 @@ class GradientClipping(Callback):
 
     def on_backward_end(self) -> None:
         """Unscale (fp16) and clip the gradients before the step."""
-        import torch
-
         learn = self.learn
         learn.precision.unscale(learn.opt)
         params = [p for g in learn.opt.param_groups for p in g["params"] if p.grad is not None]

@@ -215,7 +215,9 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", type=Path, metavar="P",
                    help="folder of the torchvision datasets (default: <user cache>/clrfit/data)")
     p.add_argument("--download", action="store_true", help="download the torchvision dataset if it is missing")
-    p.add_argument("--arch", choices=ARCHS, help="model (default: cnn1d for mnist1d, resnet20 otherwise)")
+    p.add_argument("--arch", help=f"model: {', '.join(ARCHS)} (default: cnn1d for mnist1d, resnet20 otherwise); "
+                                  "with --data-folder a torchvision classifier such as resnet18 (the default)")
+    _folder_options(p)
     p.add_argument("--bs", type=_positive_int, default=128, help="batch size (default 128)")
     p.add_argument("--opt", choices=("sgd", "adam", "adamw"), default="sgd", help="optimizer (default SGD, momentum 0.9)")
     p.add_argument("--num-workers", type=_non_negative_int, default=0, help="data loader workers (default 0)")
@@ -223,6 +225,46 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch table stays)")
     _threads_option(p)
+
+
+def _folder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-folder", type=Path, metavar="PATH",
+                   help="your images in ImageFolder layout (PATH/train/<class>/*, PATH/valid/<class>/*) instead "
+                        "of --dataset")
+    p.add_argument("--size", type=_positive_int, default=224, help="--data-folder: image side in pixels (default 224)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="--data-folder: start from torchvision's ImageNet weights (torchvision downloads them) "
+                        "with a new head; --no-pretrained: random weights")
+
+
+def _folder_learner(args: argparse.Namespace, precision: dict | None, metrics: Sequence | None):
+    """A learner over a torchvision classifier with a new head for the classes of ``--data-folder``."""
+    import random
+
+    import numpy as np
+    import torch
+    import torchvision
+
+    from . import Learner, ModelData
+    from .threads import recommended_threads
+
+    arch = args.arch or "resnet18"
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise CliError(f"--arch {arch!r} is not a torchvision classification model (e.g. resnet18, "
+                       "efficientnet_b0, convnext_tiny, vit_b_16)")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    data = ModelData.from_folder(args.data_folder, size=args.size, bs=args.bs, num_workers=args.num_workers,
+                                 normalize="imagenet" if args.pretrained else "data")
+    model = torchvision.models.get_model(arch, weights="DEFAULT" if args.pretrained else None)
+    device_type = torch.device(args.device).type if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = args.threads if args.threads is not None else recommended_threads(
+        sum(p.numel() for p in model.parameters()), device_type, default=torch.get_num_threads())
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return Learner.from_pretrained(model, data, opt_fn=_opt_fn(args.opt), metrics=metrics or [], device=args.device,
+                                   progress=not args.no_progress, **(precision or {}))
 
 
 def _threads_option(p: argparse.ArgumentParser) -> None:
@@ -278,8 +320,11 @@ def _check_schedule(args: argparse.Namespace) -> None:
 
 
 def _check_arch(args: argparse.Namespace) -> None:
-    if args.arch is None:
+    if args.arch is None or args.data_folder is not None:  # a torchvision name: checked with torchvision loaded
         return
+    if args.arch not in ARCHS:
+        raise CliError(f"--arch: invalid choice {args.arch!r} (choose from {', '.join(ARCHS)}; torchvision models "
+                       "such as resnet18 need --data-folder)")
     if (args.arch == "cnn1d") != (args.dataset == "mnist1d"):
         want = "cnn1d" if args.dataset == "mnist1d" else "resnet20 or resnet56"
         raise CliError(f"--arch {args.arch} does not fit --dataset {args.dataset}; use --arch {want}")
@@ -473,6 +518,8 @@ def _learner(args: argparse.Namespace, precision: dict | None = None, metrics: S
             torch.device(args.device)
         except (RuntimeError, TypeError) as err:
             raise CliError(f"--device: {' '.join(str(err).split())}; got {args.device!r}") from None
+    if args.data_folder is not None:
+        return _folder_learner(args, precision, metrics)
     arch = args.arch or ("cnn1d" if args.dataset == "mnist1d" else "resnet20")
     shape = input_shape(args.dataset)
     _setup(args, arch, args.device)

@@ -8,6 +8,7 @@ each fits.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Union
 
 import torch
@@ -150,6 +151,48 @@ class ModelData:
             if isinstance(dl, TensorLoader):
                 dl.to(device)
         return self
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | Path,
+        train: str = "train",
+        valid: str | None = "valid",
+        size: int = 224,
+        bs: int = 64,
+        augment: bool = True,
+        num_workers: int = 0,
+        valid_pct: float | None = None,
+        seed: int = 0,
+        normalize: str | None = "data",
+        val_bs: int | None = None,
+    ) -> "ModelData":
+        """Images in ImageFolder layout (``path/train/<class>/*``, ``path/valid/<class>/*``); see :mod:`clrfit.vision`."""
+        from .vision import image_folder_data  # torchvision and PIL load only for image files
+
+        return image_folder_data(path, train=train, valid=valid, size=size, bs=bs, augment=augment, num_workers=num_workers,
+                                 valid_pct=valid_pct, seed=seed, normalize=normalize, val_bs=val_bs)
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | Path,
+        csv_file: str | Path,
+        folder: str = ".",
+        size: int = 224,
+        bs: int = 64,
+        augment: bool = True,
+        num_workers: int = 0,
+        valid_pct: float = 0.2,
+        seed: int = 0,
+        normalize: str | None = "data",
+        val_bs: int | None = None,
+    ) -> "ModelData":
+        """Images listed in a labels CSV (``filename,label``), split by ``valid_pct``; see :mod:`clrfit.vision`."""
+        from .vision import csv_image_data  # torchvision and PIL load only for image files
+
+        return csv_image_data(path, csv_file, folder=folder, size=size, bs=bs, augment=augment, num_workers=num_workers,
+                              valid_pct=valid_pct, seed=seed, normalize=normalize, val_bs=val_bs)
 
     def __repr__(self) -> str:
         n_val = 0 if self.val_dl is None else len(self.val_dl.dataset)

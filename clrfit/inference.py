@@ -17,15 +17,20 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from .distributed import ShardSampler, shard_eval_loader
+from .loaders import TensorLoader
+from .runtime import call_model, move
 from .validation import check_bool, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .data import Loader
     from .learner import Learner
 
 
-def get_preds(learn: "Learner", dl: DataLoader | None = None, with_loss: bool = False) -> tuple[torch.Tensor, ...]:
+def get_preds(learn: "Learner", dl: "Loader | None" = None, with_loss: bool = False) -> tuple[torch.Tensor, ...]:
     """Model outputs and targets over ``dl`` (default: the validation set), in dataset order.
 
     Returns ``(preds, targets)``, or ``(preds, targets, losses)`` with ``with_loss=True``
@@ -36,9 +41,11 @@ def get_preds(learn: "Learner", dl: DataLoader | None = None, with_loss: bool = 
     preds, targets, losses = [], [], []
     with _eval_mode(learn) as model:
         for batch in dl:
-            xb, yb = learn._to_device(batch)
+            xb, yb = learn.runtime.to_device(batch)  # split as the loop splits it (batch_fn, tuples, dicts)
+            if not isinstance(yb, torch.Tensor):
+                raise TypeError(f"get_preds needs batches whose target is a tensor; got {type(yb).__name__}")
             with learn.precision.autocast():
-                pred = model(xb)
+                pred = call_model(model, xb)
                 loss = per_sample_loss(learn.crit, pred, yb) if with_loss else None
             preds.append(pred.detach().float().cpu())
             targets.append(yb.detach().cpu())
@@ -54,13 +61,16 @@ def predict(learn: "Learner", x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor) and x.ndim == 0:
         raise ValueError(f"predict: x must be a batch (leading sample dimension); got a 0-d tensor {x!r}")
     with _eval_mode(learn) as model:
-        xb, _ = learn._to_device((x, torch.zeros(0)))
+        if learn.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
+            xb = x.to(learn.device, memory_format=torch.channels_last)
+        else:
+            xb = move(x, learn.device, non_blocking=False)
         with learn.precision.autocast():
-            pred = model(xb)
+            pred = call_model(model, xb)  # a tuple of inputs is model(*x), a dict model(**x)
     return pred.detach().float().cpu()
 
 
-def tta(learn: "Learner", n: int = 4, dl: DataLoader | None = None, aug_dl: DataLoader | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def tta(learn: "Learner", n: int = 4, dl: "Loader | None" = None, aug_dl: "Loader | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Test-time augmentation as fastai 0.7's ``TTA``: class probabilities averaged over plain and augmented passes.
 
     The plain pass over ``dl`` (default: the validation set) counts ``ceil(n / 4)``
@@ -75,8 +85,8 @@ def tta(learn: "Learner", n: int = 4, dl: DataLoader | None = None, aug_dl: Data
         if aug_dl is None:
             raise ValueError("tta: the data has no aug_dl (validation images through the training transforms); "
                              "build it with ModelData.from_folder / from_csv, or pass aug_dl=")
-    elif not isinstance(aug_dl, DataLoader):
-        raise TypeError(f"aug_dl must be a torch DataLoader or None; got {type(aug_dl).__name__}")
+    elif not isinstance(aug_dl, DataLoader) and not hasattr(aug_dl, "eval_shard"):  # DataLoader or TensorLoader
+        raise TypeError(f"aug_dl must be a torch DataLoader, a clrfit TensorLoader or None; got {type(aug_dl).__name__}")
     plain, targets = get_preds(learn, dl)
     repeats = math.ceil(n / 4)
     total = plain.softmax(dim=-1) * repeats
@@ -102,20 +112,20 @@ def per_sample_loss(crit: Any, pred: torch.Tensor, target: torch.Tensor) -> torc
 # ---------------------------------------------------------------------- helpers
 
 
-def _loader(learn: "Learner", dl: DataLoader | None, name: str) -> DataLoader:
-    from .distributed import ShardSampler, shard_eval_loader
-
+def _loader(learn: "Learner", dl: Any, name: str) -> Any:
     if dl is None:
         dl = learn.data.val_dl
         if dl is None:
             raise ValueError(f"{name}=None: the data has no validation loader; pass {name}= (a DataLoader)")
-    elif not isinstance(dl, DataLoader):
-        raise TypeError(f"{name} must be a torch DataLoader or None; got {type(dl).__name__}")
+    elif not isinstance(dl, (DataLoader, TensorLoader)):
+        raise TypeError(f"{name} must be a torch DataLoader, a clrfit TensorLoader or None; got {type(dl).__name__}")
     if learn.dist.enabled:
         dl = shard_eval_loader(dl, learn.dist.world_size, learn.dist.rank, name)
-        if not isinstance(dl.sampler, ShardSampler):
-            raise ValueError(f"{name}: predictions are gathered in dataset order, which a {type(dl.sampler).__name__} "
-                             "does not keep; pass a plain (unshuffled) DataLoader")
+        # Both evaluation shards hold samples rank, rank + W, ...: the order _gather_in_order undoes.
+        in_order = dl.indices is not None if isinstance(dl, TensorLoader) else isinstance(dl.sampler, ShardSampler)
+        if not in_order:
+            raise ValueError(f"{name}: predictions are gathered in dataset order, which this loader's sharding "
+                             f"({type(dl.sampler).__name__}) does not keep; pass a plain (unshuffled) loader")
     return dl
 
 
@@ -149,8 +159,6 @@ def _gather_in_order(learn: "Learner", tensors: list[torch.Tensor]) -> list[torc
     """Under DDP, every rank's shard (``rank::world_size`` of the dataset) interleaved back into dataset order."""
     if not learn.dist.enabled:
         return tensors
-    import torch.distributed as dist
-
     world = learn.dist.world_size
     shards: list[Any] = [None] * world
     dist.all_gather_object(shards, tensors)

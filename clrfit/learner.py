@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import schedules
+from . import inference, schedules, transfer
 from .callback import (
     EVENTS,
     Callback,
@@ -615,6 +615,37 @@ class Learner:
     def __repr__(self) -> str:
         return (f"Learner(model={type(self.model).__name__}, data={self.data!r}, opt={type(self.opt).__name__}, "
                 f"groups={self.n_groups}, device={self.device}, precision={self.precision.name})")
+
+    # ------------------------------------------------------------------ transfer learning and predictions
+    # One-line delegations: the logic lives in clrfit/transfer.py and clrfit/inference.py.
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, data: ModelData, n_classes: int | None = None, **kwargs: Any) -> "Learner":
+        """A learner over a torchvision classifier with a new ``n_classes`` head and 3 layer groups (:mod:`clrfit.transfer`)."""
+        return cls(model, data, layer_groups=transfer.pretrained_layer_groups(model, data, n_classes, kwargs), **kwargs)
+
+    def freeze_to(self, n: int, bn_freeze: bool = False) -> None:
+        """Freeze layer groups ``0 .. n-1``; ``bn_freeze=True`` keeps their BatchNorm layers in eval mode."""
+        transfer.freeze_to(self, n, bn_freeze=bn_freeze)
+
+    def freeze(self, bn_freeze: bool = False) -> None:
+        """Freeze every layer group but the last (the head)."""
+        transfer.freeze(self, bn_freeze=bn_freeze)
+
+    def unfreeze(self) -> None:
+        """Make every layer group trainable."""
+        transfer.unfreeze(self)
+
+    def get_preds(self, dl: Any = None, with_loss: bool = False) -> tuple[torch.Tensor, ...]:
+        """``(preds, targets)`` (and per-sample losses) over a loader ``dl``, default the validation set, in dataset order."""
+        return inference.get_preds(self, dl=dl, with_loss=with_loss)
+
+    def predict(self, x: Any) -> torch.Tensor:
+        """The model's outputs for one batch of inputs, in eval mode without gradients."""
+        return inference.predict(self, x)
+
+    def tta(self, n: int = 4, dl: Any = None, aug_dl: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test-time augmentation (fastai 0.7's TTA): ``(class probabilities, targets)``."""
+        return inference.tta(self, n=n, dl=dl, aug_dl=aug_dl)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,8 +1,9 @@
 """Transfer learning: a torchvision classifier with a new head, split into layer groups; freezing.
 
-:func:`pretrained_learner` replaces the classifier head of a torchvision
-classification model with one for ``n_classes`` classes and builds a
-:class:`~clrfit.Learner` with three layer groups (optimizer param groups):
+``Learner.from_pretrained`` (:func:`pretrained_layer_groups`) replaces the
+classifier head of a torchvision classification model with one for
+``n_classes`` classes and builds a :class:`~clrfit.Learner` with three layer
+groups (optimizer param groups):
 
 ===============================  ==============================  ==============================  ===============
 model class (torchvision)        early body (group 0)            late body (group 1)             head (group 2)
@@ -53,21 +54,24 @@ SUPPORTED = ("ResNet (and ResNeXt, Wide ResNet)", "VGG", "DenseNet", "MobileNetV
 _BN_HOOKS: "weakref.WeakKeyDictionary[nn.Module, list[Any]]" = weakref.WeakKeyDictionary()
 
 
-def pretrained_learner(model: nn.Module, data: ModelData, n_classes: int | None = None, **learner_kwargs: Any) -> "Learner":
-    """A Learner over ``model`` with a new ``n_classes`` head (default: the data's class count) and 3 layer groups."""
-    from .learner import Learner
+def pretrained_layer_groups(model: nn.Module, data: ModelData, n_classes: int | None = None,
+                            learner_kwargs: dict[str, Any] | None = None) -> list[list[nn.Parameter]]:
+    """Check the arguments, give ``model`` a new ``n_classes`` head (default: the data's class count), return its 3 groups.
 
+    ``Learner.from_pretrained(model, data, n_classes, **kwargs)`` is
+    ``Learner(model, data, layer_groups=pretrained_layer_groups(model, data, n_classes, kwargs), **kwargs)``.
+    Every check runs before the head is replaced.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torchvision classification model (torch.nn.Module); got {type(model).__name__}")
     if not isinstance(data, ModelData):
         raise TypeError(f"data must be a clrfit.ModelData; got {type(data).__name__}")
-    if "layer_groups" in learner_kwargs:
-        raise TypeError("pretrained_learner splits the model into layer groups itself; to choose them, "
+    if "layer_groups" in (learner_kwargs or {}):
+        raise TypeError("Learner.from_pretrained splits the model into layer groups itself; to choose them, "
                         "use Learner(model, data, layer_groups=[...]) directly")
     n_classes = infer_n_classes(data) if n_classes is None else check_int("n_classes", n_classes, minimum=1)
     _find_head(model)  # an unsupported model fails here, before the head is replaced
-    groups = replace_head(model, n_classes)
-    return Learner(model, data, layer_groups=groups, **learner_kwargs)
+    return replace_head(model, n_classes)
 
 
 def replace_head(model: nn.Module, n_classes: int) -> list[list[nn.Parameter]]:
@@ -171,9 +175,9 @@ def _keep_eval(module: nn.Module, args: Any) -> None:
 def _rewrap(learn: "Learner") -> None:
     """Under DDP, re-wrap the model: DDP fixes at construction which parameters it reduces."""
     if learn.dist.enabled:
-        learn._wrapped_model = learn.dist.wrap(learn.model, learn.device)
-        learn._compiled_models = {}
-        learn.train_model = learn._wrapped_model
+        learn.runtime.prepare(learn.model)
+        learn.runtime._compiled.clear()  # compiled models would keep the old DDP wrapper
+        learn.train_model, learn.eval_model = learn.runtime.models(None)
 
 
 # ---------------------------------------------------------------------- model structure
@@ -181,7 +185,7 @@ def _rewrap(learn: "Learner") -> None:
 
 def _find_head(model: nn.Module) -> tuple[nn.Module, str, Callable[[nn.Module], tuple[list, list, list]]]:
     """(module holding the last Linear, its attribute or index, the function splitting the model into 3 groups)."""
-    from torchvision import models as tvm
+    from torchvision import models as tvm  # the caller holds a torchvision model: it is loaded already
 
     if isinstance(model, tvm.ResNet) and isinstance(model.fc, nn.Linear):
         return model, "fc", _split_resnet
@@ -195,7 +199,7 @@ def _find_head(model: nn.Module) -> tuple[nn.Module, str, Callable[[nn.Module], 
         if isinstance(model.classifier[last], nn.Linear):
             return model.classifier, str(last), _split_features
     raise ValueError(
-        f"model: cannot find the classifier head of a {type(model).__name__}; pretrained_learner knows torchvision's "
+        f"model: cannot find the classifier head of a {type(model).__name__}; Learner.from_pretrained knows torchvision's "
         f"{', '.join(SUPPORTED)}. For another model, replace its head yourself and pass the groups by hand: "
         "Learner(model, data, layer_groups=[early_body, late_body, head]) (modules or lists of parameters)"
     )

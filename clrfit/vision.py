@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
 
 from .data import ModelData
 from .validation import check_bool, check_choice, check_int, check_number
@@ -44,8 +47,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 def image_transforms(size: int, augment: bool, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[Callable, Callable]:
     """(training transform, validation transform) for square images of side ``size``."""
-    from torchvision.transforms import v2
-
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if mean is not None:
         tail.append(v2.Normalize(mean=list(mean), std=list(std)))
@@ -68,8 +69,6 @@ def image_folder_data(
     val_bs: int | None = None,
 ) -> ModelData:
     """Loaders over ``path/train/<class>/*`` and ``path/valid/<class>/*`` (or a seeded ``valid_pct`` split)."""
-    from torchvision.datasets import ImageFolder
-
     root = _existing_folder("path", path)
     size, augment, valid_pct = _check_common(size, bs, augment, num_workers, valid_pct, seed, normalize)
     train_root = _existing_folder("train", root / train)
@@ -214,9 +213,7 @@ def _image_folder(image_folder: type, name: str, root: Path):
     return ds
 
 
-def _load_rgb(file: str):
-    from PIL import Image, UnidentifiedImageError
-
+def _load_rgb(file: str) -> Image.Image:
     try:
         with Image.open(file) as image:
             return image.convert("RGB")

@@ -279,3 +279,9 @@ def test_learner_wide_callbacks_sit_out_range_tests_and_tensorboard_continues_st
     if tb:
         steps = [step for step, _ in _scalars(tmp_path / "tb")["lr/group0"]]
         assert steps == list(range(18)), "the second fit's 6 steps follow the first fit's 12"
+
+
+def test_importable_as_in_the_issue():
+    from clrfit import callbacks as cb  # a submodule: no entry in clrfit.__all__ needed
+
+    assert cb.SaveBest is SaveBest and cb.EarlyStopping is EarlyStopping and cb.CSVLogger is CSVLogger

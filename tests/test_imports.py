@@ -26,6 +26,9 @@ ALLOWED_LAZY = {
     ("datasets", "*"): "optional dataset dependencies (mnist1d, torchvision) load only for the dataset asked for",
     ("schedules", "plots"): "matplotlib loads only when a figure is drawn",
     ("plots", "*"): "IPython is looked up only when a figure is shown in a notebook",
+    ("callbacks", "torch.utils.tensorboard"): "the optional tensorboard package loads only for a TensorBoardLogger",
+    ("transfer", "torchvision"): "torchvision (seconds to import) loads only to look up a pretrained model's head",
+    ("data", "vision"): "torchvision and PIL (seconds to import) load only for ModelData.from_folder / from_csv",
     ("fsdp", "*"): "torch.distributed.fsdp / .checkpoint take seconds to import: loaded only for strategy='fsdp' or a sharded checkpoint",
 }
 

@@ -60,7 +60,7 @@ def test_get_preds_with_loss_and_other_loaders():
     crit = lambda p, t: ((p[:, 1] - t.float()) ** 2).mean()  # noqa: E731
     expected = (preds[:, 1] - targets.float()) ** 2
     torch.testing.assert_close(per_sample_loss(crit, preds, targets), expected)
-    with pytest.raises(TypeError, match="dl must be a torch DataLoader or None; got list"):
+    with pytest.raises(TypeError, match="dl must be a torch DataLoader, a clrfit TensorLoader or None; got list"):
         get_preds(learn, dl=[1, 2])
     with pytest.raises(TypeError, match="with_loss must be True or False"):
         get_preds(learn, with_loss=1)
@@ -144,5 +144,7 @@ def test_get_preds_under_torchrun_gathers_in_dataset_order(tmp_path, monkeypatch
         torch.testing.assert_close(r["preds"], preds)
         torch.testing.assert_close(r["losses"], losses)
         assert r["training"] is True
+        assert torch.equal(r["torch_targets"], targets)
+        torch.testing.assert_close(r["torch_preds"], preds)
         assert r["changed"] == ["3.bias", "3.weight"], "frozen under DDP: only the head trains"
     torch.testing.assert_close(ranks[0]["head"], ranks[1]["head"])  # gradients were averaged: ranks agree

@@ -20,7 +20,7 @@ EXPECTED = [
     "04_clr_modes",
     "05_superconvergence",
 ]
-OWN_GENERATOR = ["06_clrfit_in_your_loop"]  # written by tools/make_notebook_06.py, checked by tests/test_notebook_06.py
+OWN_GENERATOR = ["06_clrfit_in_your_loop", "07_transfer_learning"]  # tools/make_notebook_0N.py, tests/test_notebook_0N.py
 CELL_TIMEOUT_S = 600
 
 nbformat = pytest.importorskip("nbformat")
