@@ -16,7 +16,8 @@ Two things differ because every forward pass is a collective:
 
 - validation: every rank must run the same number of forward passes, so a rank
   whose shard has fewer batches runs extra :class:`PaddingBatch` es whose
-  results count zero (:func:`even_batches`); the totals stay exact.
+  results count zero (:class:`EvenBatches`); the totals stay exact. A loader
+  passed to ``learn.validate(dl)`` yourself must give every rank as many batches.
 - checkpoints: the model and optimizer state go through
   ``torch.distributed.checkpoint`` (every rank writes its shards to
   ``<checkpoint>.dcp-<iteration>/``, the checkpoint file names that folder), so a
@@ -58,8 +59,6 @@ def make_runtime(strategy: str, model: nn.Module, device: str | torch.device | N
 
 class FSDPRuntime(Runtime):
     """A :class:`~clrfit.runtime.Runtime` whose model is sharded with ``fully_shard`` when distributed."""
-
-    strategy = "fsdp"
 
     def __init__(self, model: nn.Module, device: str | torch.device | None, precision: str,
                  batch_fn: Callable[[Any], tuple[Any, Any]] | None = None) -> None:
@@ -137,8 +136,14 @@ class FSDPContext(DistributedContext):
         """As DDP shards it, with the validation loader padded to the most batches any rank has."""
         sharded = super().shard_data(data)
         if self.enabled and sharded.val_dl is not None:
-            sharded.val_dl = even_batches(sharded.val_dl, _max_over_ranks(len(sharded.val_dl)))
+            sharded.val_dl = EvenBatches(sharded.val_dl, self.max_over_ranks(len(sharded.val_dl)))
         return sharded
+
+    def max_over_ranks(self, n: int) -> int:
+        """The largest ``n`` of any rank (one tiny all-reduce, on the GPU under NCCL)."""
+        value = torch.tensor([n], dtype=torch.int64, device=self.collective_device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return int(value.item())
 
 
 class PaddingBatch:
@@ -148,7 +153,7 @@ class PaddingBatch:
         self.batch = batch
 
 
-class even_batches:
+class EvenBatches:
     """``dl``'s batches, then copies of its first one marked :class:`PaddingBatch` up to ``n_batches``."""
 
     def __init__(self, dl: Any, n_batches: int) -> None:
@@ -181,12 +186,6 @@ def _one_sample(dl: Any) -> Any:
     if isinstance(sample, dict):
         return {k: torch.as_tensor(v).unsqueeze(0) for k, v in sample.items()}
     return tuple(torch.as_tensor(v).unsqueeze(0) for v in sample)
-
-
-def _max_over_ranks(n: int) -> int:
-    value = torch.tensor([n], dtype=torch.int64)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return int(value.item())
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from clrfit import Learner, ModelData
-from clrfit.fsdp import FSDPRuntime, PaddingBatch, even_batches, make_runtime
+from clrfit.fsdp import EvenBatches, FSDPRuntime, PaddingBatch, make_runtime
 from clrfit.loaders import TensorLoader
 from clrfit.runtime import Runtime
 
@@ -53,16 +53,16 @@ def test_one_process_fsdp_trains_the_plain_model_exactly_as_ddp_would():
     assert all(torch.equal(v, ddp_state[k]) for k, v in state.items())
 
 
-def test_even_batches_pads_with_zero_count_batches():
+def test_even_batches_pad_with_zero_count_batches():
     x, y = torch.arange(10.0).view(5, 2), torch.arange(5)
     dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
-    batches = list(even_batches(dl, 5))
-    assert len(batches) == 5 and len(even_batches(dl, 5)) == 5
+    batches = list(EvenBatches(dl, 5))
+    assert len(batches) == 5 and len(EvenBatches(dl, 5)) == 5
     assert [isinstance(b, PaddingBatch) for b in batches] == [False, False, False, True, True]
-    assert batches[3].batch is batches[0] and even_batches(dl, 5).batch_size == 2
+    assert batches[3].batch is batches[0] and EvenBatches(dl, 5).batch_size == 2
     empty = TensorLoader(x, y, batch_size=2).eval_shard(world_size=6, rank=5)  # samples 5, 11, ...: none
     assert len(empty) == 0  # a rank whose shard is empty pads with the dataset's first sample
-    padded = list(even_batches(empty, 2))
+    padded = list(EvenBatches(empty, 2))
     assert len(padded) == 2 and all(isinstance(b, PaddingBatch) for b in padded)
     assert padded[0].batch[0].shape == (1, 2) and torch.equal(padded[0].batch[0][0], x[0])
 
