@@ -83,12 +83,13 @@ def range_test(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     learn = Learner(model, ModelData(train_dl, val_dl), opt_fn=lambda groups, lr: optimizer, crit=loss_fn,
                     metrics=metrics, device=device, progress=False, table=False, batch_fn=batch_fn)
-    options = {} if accumulate == 1 else {"accumulate": accumulate}
     if val_dl is not None:
-        lr_find2(learn, start_lr=start_lr, end_lr=end_lr, num_it=num_it, linear=linear, stop_dv=stop_dv, **options)
+        lr_find2(learn, start_lr=start_lr, end_lr=end_lr, num_it=num_it, linear=linear, stop_dv=stop_dv,
+                 accumulate=accumulate)
     else:
         start_lrs, end_lr, linear = _check_sweep(learn, start_lr, end_lr, linear)
         n_epochs = math.ceil(num_it / learn._steps_per_epoch(accumulate))
         recorder = RangeTestRecorder(num_it, stop_dv=stop_dv, linear=linear)
-        _range_test(learn, LRSweep(start_lrs, end_lr, num_it, linear), n_epochs, recorder, None, None, metrics, **options)
+        _range_test(learn, LRSweep(start_lrs, end_lr, num_it, linear), n_epochs, recorder, None, None, metrics,
+                    accumulate=accumulate)
     return learn.sched

@@ -33,7 +33,10 @@ any other exception           everything                                        
                                                                                 exception propagates
 ============================  ================================================  ==========================
 
-``on_train_end`` fires exactly once per fit, whatever happened. A batch that
+End events reach every callback even if one of them cancels or fails (the
+cancel, or the first error, is raised once all have run). A cancel raised
+outside its own scope (a ``CancelBatchException`` in ``on_epoch_begin``) cancels
+the scope it was raised in. ``on_train_end`` fires exactly once per fit, whatever happened. A batch that
 began counts as an iteration however it ended (``learn.iteration`` advances), so
 a schedule never replays a position.
 """

@@ -22,6 +22,7 @@ key                    contents
 ``epoch_rng_state``    torch CPU RNG state from which that epoch's data order is drawn
 ``rng_states``         torch, CUDA, numpy and python RNG states at that point
 ``loader_generators``  states of the data loaders' own torch generators, if any
+``sampler_states``     ``state_dict()`` of samplers that have one (optional key)
 ``per_rank``           under DDP, for every rank: its RNG and loader generator
                        states and callback states (each rank records its own losses)
 ``sharded``            under FSDP only: the ``torch.distributed.checkpoint`` folder
@@ -35,10 +36,13 @@ key                    contents
 =====================  ==========================================================
 
 When it is written: every ``checkpoint_every`` optimizer steps (if given), at
-the end of every epoch, and once more when Ctrl-C stops the fit. It is written
-atomically (temporary file, fsync, rename), only by rank 0, and never after a
-non-finite loss or with non-finite weights, so the file on disk is always the
-last good state.
+the end of every epoch (one cut short by ``CancelEpochException`` included: it is over), and
+once more when Ctrl-C stops the fit. It is written atomically (temporary file,
+fsync, rename), only by rank 0, and never after a non-finite loss or with
+non-finite weights, so the file on disk is always the last good state. From
+the start of the fit to its end the writer holds a lock file next to the
+checkpoint (:class:`clrfit.serialization.FileLock`): a second writer is refused,
+and taking it checks that the folder is writable before the first step.
 
 Resume: ``resume=True`` loads the file in ``on_train_begin`` (a missing file
 starts a fresh fit with a warning, so one command line serves the first run and
@@ -85,14 +89,16 @@ from .rollback import LearnerSnapshot
 from .serialization import (
     FORMAT,
     KEYS,
+    FileLock,
     get_rng_states,
     read_checkpoint,
+    plain_state,
     remove_temp_files,
     save_state,
     set_rng_states,
 )
-from .state import COUNTERS, loader_generators
-from .validation import check_bool, check_choice, check_int
+from .state import COUNTERS, loader_generators, stateful_samplers
+from .validation import check_bool, check_choice, check_int, fail
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
@@ -232,7 +238,12 @@ class Checkpoint(Callback):
             raise TypeError(f"checkpoint must be a file path (str or pathlib.Path) or None; got {path!r}")
         if str(path) == "" or Path(path).is_dir():
             raise ValueError(f"checkpoint must be a file path, not a folder or empty; got {str(path)!r}")
+        blocking = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:  # found now, not at the first write after an epoch of training
+            raise fail("checkpoint", _escape_braces(f"must be a path in a folder; {str(blocking)!r} is a file"),
+                       str(path))
         self.path = Path(path)
+        self._lock: FileLock | None = None
         self.every = None if every is None else check_int("checkpoint_every", every, minimum=1)
         self.resume = check_bool("resume", resume)
         self._reset()
@@ -246,7 +257,10 @@ class Checkpoint(Callback):
         self._reset()
         learn = self.learn
         if learn.is_main_process:
-            remove_temp_files(self.path)  # left by a process killed while writing
+            # Before the first step: a second writer of this file is refused, and the lock
+            # file's creation proves the folder writable (WriteError naming the cause if not).
+            self._lock = FileLock(self.path, active=lambda: learn._running).acquire()
+            remove_temp_files(self.path)  # left by a killed writer (a live one's are kept)
         self.setup = run_setup(learn, self._callback_states())
         if self.resume:
             self._resume()
@@ -263,11 +277,22 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self) -> None:
         learn = self.learn
-        # Only an epoch whose steps all ran is saved as done (not one cut short by a cancel or Ctrl-C).
-        if not learn.interrupted and learn.batch_index >= learn.steps_per_epoch:
+        # An epoch whose steps all ran, or that a CancelEpochException ended (it is over), is saved
+        # as done; one stopped by Ctrl-C or a CancelFitException is left where its last checkpoint is,
+        # so that a resume finishes it.
+        stopped = learn.interrupted or learn.fit_cancelled
+        if not stopped or (not learn.interrupted and learn.batch_index >= learn.steps_per_epoch):
             self._save(learn.epoch + 1, 0, learn.iteration)
 
     def on_train_end(self) -> None:
+        try:
+            self._final_save()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _final_save(self) -> None:
         learn = self.learn
         if not learn.interrupted or self.saved_at == (learn.epoch, learn.batch_index, learn.iteration):
             return
@@ -288,10 +313,12 @@ class Checkpoint(Callback):
         # batch_index 0: the next epoch has not drawn its data order yet; it draws it from the current state.
         epoch_rng_state = learn.state.epoch_rng_state if batch_index > 0 else rng["torch"]
         generators = learn.state.loader_generators if batch_index > 0 else [g.get_state() for g in _generators(learn)]
+        samplers = learn.state.sampler_states if batch_index > 0 else [
+            plain_state(s.state_dict()) for s in stateful_samplers((learn.data.trn_dl,))]
         cycle, iter_in_cycle = learn.schedule.position(iteration)
         # What differs between ranks: random streams, loader generators, local histories (each rank's own losses).
         own = {"epoch_rng_state": epoch_rng_state, "rng_states": rng, "loader_generators": generators,
-               "callbacks": self._callback_states(epochs_done=epoch)}
+               "sampler_states": samplers, "callbacks": self._callback_states(epochs_done=epoch)}
         state = {
             "clrfit_checkpoint": FORMAT,
             **model_state(learn, self.path, iteration),  # FSDP: every rank writes its shards (clrfit.fsdp)
@@ -319,7 +346,7 @@ class Checkpoint(Callback):
             if cb is self.learn.recorder and epochs_done is not None:
                 # An interrupted epoch still marks its end in the recorder; the resumed run marks it again.
                 state["epochs"] = state["epochs"][:epochs_done]
-            states[key] = state
+            states[key] = plain_state(state)  # a numpy scalar would make the file unloadable (weights_only)
         return states
 
     # ------------------------------------------------------------------ resuming
@@ -342,6 +369,8 @@ class Checkpoint(Callback):
         _apply(learn, state, path, callbacks=True)
         for g, g_state in zip(_generators(learn), state["loader_generators"]):  # count checked in setup
             g.set_state(g_state)
+        for sampler, sampler_state in zip(stateful_samplers((learn.data.trn_dl,)), state.get("sampler_states", [])):
+            sampler.load_state_dict(sampler_state)
         counters = state["counters"]
         if counters["batch_index"] == 0 or counters["epoch"] >= learn.n_epochs:
             # At an epoch boundary the next data order is still to be drawn: draw it from the saved state.
@@ -386,10 +415,16 @@ def setup_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``'name: <in checkpoint> in the checkpoint, <now> now'`` for every setting that differs."""
     out = []
     for key in sorted(set(saved) | set(now), key=str):
+        if key not in saved and key in _ADDED_LATER:  # a checkpoint of an older clrfit: not recorded then
+            continue
         a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
         if plain(a) != plain(b):
             out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     return out
+
+
+#: Setup entries newer than the checkpoint format: a file without them still resumes.
+_ADDED_LATER = frozenset({"wds_sched_mult", "metrics"})
 
 
 def schedule_fields(schedule: Any) -> Any:
@@ -465,6 +500,10 @@ def plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _generators(learn: "Learner") -> list[torch.Generator]:

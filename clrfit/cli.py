@@ -292,6 +292,9 @@ def _check_fit(args: argparse.Namespace) -> None:
     _check_folder("--out", args.out)
     if args.checkpoint is not None and args.checkpoint.is_dir():
         raise CliError(f"--checkpoint must be a file path, not a folder; got {str(args.checkpoint)!r}")
+    blocking = next((p for p in (args.checkpoint or args.out / CHECKPOINT_NAME).parents if p.is_file()), None)
+    if blocking is not None:  # before any data is loaded, not at the first write after an epoch
+        raise CliError(f"--checkpoint must be a path in a folder; {str(blocking)!r} is a file")
     from . import schedules  # pure Python: the library's own checks of the schedule's values, no torch
 
     # One epoch of a million batches stands in for the data's length, which is not known
@@ -339,6 +342,9 @@ def _check_device(device: str | None) -> None:
 def _check_folder(flag: str, path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise CliError(f"{flag} must be a folder; {str(path)!r} is a file")
+    blocking = next((p for p in path.parents if p.is_file()), None)
+    if blocking is not None:  # mkdir would fail only after the training
+        raise CliError(f"{flag} must be a folder path; {str(blocking)!r} is a file")
 
 
 def _check_plot_file(flag: str, path: Path) -> None:
@@ -390,13 +396,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_bounds(s: Any) -> tuple[float, float]:
-    """max_lr and div from the range test's CLR bounds; a safe default if the curve gave none."""
-    bounds = getattr(s, "clr_bounds", None)
-    max_lr = _as_float(getattr(bounds, "max_lr", None))
-    div = _as_float(getattr(bounds, "div", None))
-    if max_lr is None or not max_lr > 0 or div is None or not div > 1:
-        print("   (no usable CLR bounds from this curve; using max_lr=0.5, div=10)")
+    """max_lr and div for the demo's 1cycle from trusted suggestions only; otherwise a safe default, said aloud."""
+    from .suggest import Suggestions
+
+    choice = s.one_cycle(div=10.0) if isinstance(s, Suggestions) else None
+    if choice is None:  # never train with a nan, noted or unstable suggestion
+        print("   (no trustworthy suggestion from this sweep, see the notes above; using max_lr=0.5, div=10 instead)")
         return 0.5, 10.0
+    max_lr, div, used = choice
+    if used != "clr_bounds":
+        print(f"   (the CLR bounds are flagged, see the note above; using {used}: max_lr={max_lr:.3g}, div={div:.3g})")
     return max_lr, div
 
 
@@ -497,13 +506,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _as_float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _learner(args: argparse.Namespace, precision: dict | None = None, metrics: Sequence | None = None):

@@ -22,7 +22,13 @@ Loader = Union[DataLoader, TensorLoader]
 
 
 class ModelData:
-    """A training loader and a validation loader (``trn_dl``, ``val_dl``)."""
+    """A training loader and a validation loader (``trn_dl``, ``val_dl``).
+
+    Args:
+        trn_dl: the training batches, a torch ``DataLoader`` or a :class:`clrfit.loaders.TensorLoader` (not empty).
+        val_dl: the validation batches (same kinds, not empty), or None.
+        test_dl: an optional loader kept as ``data.test_dl`` for predictions (``learn.get_preds(dl=data.test_dl)``).
+    """
 
     def __init__(self, trn_dl: Loader, val_dl: Loader | None, test_dl: Loader | None = None) -> None:
         if not isinstance(trn_dl, (DataLoader, TensorLoader)):
@@ -100,6 +106,19 @@ class ModelData:
         training loader shuffles from it). ``loader="torch"``:
         ``TensorDataset`` + ``DataLoader`` as :meth:`from_datasets` builds them
         (``num_workers`` and other DataLoader options apply there).
+
+        Args:
+            x_trn: training inputs, a tensor or numpy array with samples along the first dimension.
+            y_trn: training targets, as many as ``x_trn`` has samples.
+            x_val: validation inputs (pass with ``y_val``), or None for no validation set.
+            y_val: validation targets, as many as ``x_val`` has samples, or None.
+            bs: batch size per process (an integer >= 1).
+            loader: ``"tensor"`` (whole-batch slices, the default) or ``"torch"`` (a DataLoader).
+            device: with ``loader="tensor"``, where the tensors are kept (``"cpu"``, ``"cuda"``, ...); default: where they are.
+            seed: with ``loader="tensor"``, a fixed shuffling seed (an integer), or None to draw from the global RNG each epoch.
+            trn_transform: with ``loader="tensor"``, a :class:`clrfit.loaders.ImageBatchTransform` for training batches.
+            val_transform: the same for validation batches.
+            **kwargs: ``val_bs``, ``shuffle``, ``drop_last``, ``generator``; with ``loader="torch"`` also DataLoader options.
         """
         check_choice("loader", loader, LOADERS)
         x_trn, y_trn = _tensors("x_trn", x_trn, "y_trn", y_trn)

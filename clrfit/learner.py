@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
+import sys
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from . import inference, schedules, transfer
+from . import inference, schedules, threads, transfer
 from .callback import (
     EVENTS,
     Callback,
@@ -38,8 +41,8 @@ from .recorder import Recorder
 from .rollback import LearnerSnapshot
 from .runtime import compile_backend
 from .scheduler import ParamScheduler
-from .serialization import load_state, save_state, set_rng_states
-from .state import TrainingState, loader_generators, sigint
+from .serialization import load_state, optimizer_mismatch, plain_state, save_state, set_rng_states
+from .state import TrainingState, loader_generators, sigint, start_persistent_workers, stateful_samplers
 from .suggest import Suggestions
 from .validation import as_group_values, check_bool, check_choice, check_int
 
@@ -68,6 +71,24 @@ class Learner:
     ``batch_fn(batch) -> (inputs, target)`` splits any other kind (inputs: a tensor,
     a tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``). ``crit`` takes
     ``(prediction, target)``; ``crit=clrfit.model_loss`` uses a loss the model returns.
+
+    Args:
+        model: the ``torch.nn.Module`` to train, with at least one trainable parameter; moved to ``device``.
+        data: a :class:`clrfit.ModelData` (training loader, validation loader or None).
+        opt_fn: ``opt_fn(param_groups, lr=...) -> torch.optim.Optimizer``; default SGD with momentum 0.9.
+        crit: the loss, ``crit(prediction, target) -> 0-d tensor``; default ``nn.CrossEntropyLoss()``.
+        metrics: functions ``metric(prediction, target) -> 0-d tensor`` shown after each epoch (a list).
+        layer_groups: a list of modules or parameter lists, one optimizer param group each (disjoint);
+            default: one group of all trainable parameters.
+        callbacks: :class:`clrfit.Callback` instances used in every fit (a list).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; default this rank's GPU if there is one, else the CPU.
+        fp16: True for fp16 mixed precision (same as ``precision="fp16"``).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; default fp32 (or fp16 when ``fp16=True``).
+        path: folder under which ``learn.save(name)`` writes ``models/<name>.pt``.
+        progress: show progress bars during fits (True or False).
+        table: print the epoch table after each epoch and the range test's suggestions (True or False).
+        batch_fn: ``batch_fn(batch) -> (inputs, target)`` for batches that are not ``(x, y)``,
+            ``(x1, ..., xn, y)`` or a dict; None splits those three kinds.
     """
 
     epoch = _counter("epoch")
@@ -130,7 +151,9 @@ class Learner:
         self.train_model, self.eval_model = runtime.models(None)  # eval needs no DDP: it never runs backward
         self.recorder = Recorder()
         self.sched: Recorder = self.recorder
+        self._running = False
         self._reset_counters()
+        _warn_if_oversubscribed(self.model, self.device)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -163,6 +186,7 @@ class Learner:
         self.val_metrics: list[float] = []
         self._metrics = self.metrics
         self.interrupted = self._interrupt_requested = False
+        self.fit_cancelled = False  # a CancelFitException is ending the fit (the checkpoint writer asks)
         self.validate_each_epoch = True
 
     # ------------------------------------------------------------------ public fits
@@ -215,6 +239,7 @@ class Learner:
         """
         group_lrs = as_group_values("lrs", lrs, self.n_groups, positive=True)
         nb = self._steps_per_epoch(accumulate)
+        _check_fit_length(n_cycle, cycle_len, cycle_mult, nb)
         schedule, n_epochs = schedules.fit_schedule(group_lrs, nb, n_cycle, cycle_len, cycle_mult, use_clr, use_clr_beta)
         args = dict(kind="fit", lrs=group_lrs, n_cycle=n_cycle, cycle_len=cycle_len, cycle_mult=cycle_mult,
                     use_clr=_plain(use_clr), use_clr_beta=_plain(use_clr_beta))
@@ -255,10 +280,10 @@ class Learner:
 
         Args:
             epochs: number of epochs, integer >= 1.
-            base_lr: lower lr bound, one value or one per layer group (> 0).
-            max_lr: upper lr bound, one value or one per layer group (>= base_lr).
+            base_lr: lower lr bound, one value or one per layer group (>= 0; 0 is allowed, as in torch).
+            max_lr: upper lr bound, one value or one per layer group (>= 0; normally >= base_lr).
             step_size_up: optimizer steps from base_lr up to max_lr (> 0).
-            step_size_down: steps back down (> 0); None: equal to step_size_up.
+            step_size_down: steps back down (>= 0; 0 makes a sawtooth); None: equal to step_size_up.
             mode: "triangular", "triangular2" (amplitude halves each cycle) or "exp_range" (scaled by gamma**t).
             gamma: decay base of "exp_range" (> 0).
             scale_fn: custom amplitude ``f(x) -> float`` in [0, 1] replacing mode; x per scale_mode.
@@ -284,6 +309,7 @@ class Learner:
         """
         epochs = check_int("epochs", epochs, minimum=1)
         total = epochs * self._steps_per_epoch(accumulate)
+        _check_cyclic_range(step_size_up, step_size_down, mode, gamma, total)
         schedule = schedules.cyclic_schedule(
             self.n_groups, base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn,
             scale_mode, cycle_momentum, base_momentum, max_momentum, total=total)
@@ -326,7 +352,7 @@ class Learner:
 
         Args:
             epochs: number of epochs, integer >= 1 (total steps = epochs * steps_per_epoch).
-            max_lr: peak lr, one value or one per layer group (> 0).
+            max_lr: peak lr, one value or one per layer group (>= 0, as in torch).
             pct_start: fraction of the steps spent increasing the lr, in (0, 1).
             anneal_strategy: "cos" or "linear" annealing.
             cycle_momentum: True cycles momentum inversely to lr between base_momentum and max_momentum.
@@ -365,15 +391,64 @@ class Learner:
                           accumulate=accumulate, compile=compile, checkpoint=checkpoint,
                           checkpoint_every=checkpoint_every, resume=resume, on_nan=on_nan)
 
-    def lr_find(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, wds=None, linear: bool = False,
-                **kwargs: Any) -> Suggestions:
-        """LR range test over at most one epoch; ``learn.sched`` holds the result. Learner state is restored."""
-        return lr_find(self, start_lr=start_lr, end_lr=end_lr, wds=wds, linear=linear, **kwargs)
+    def lr_find(
+        self,
+        start_lr: float | Sequence[float] = 1e-5,
+        end_lr: float = 10,
+        wds: float | Sequence[float] | None = None,
+        linear: bool = False,
+        callbacks: Sequence[Callback] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        accumulate: int = 1,
+        compile: bool | str = False,
+    ) -> Suggestions:
+        """LR range test over at most one epoch; ``learn.sched`` holds the result. Learner state is restored.
 
-    def lr_find2(self, start_lr: float | Sequence[float] = 1e-5, end_lr: float = 10, num_it: int = 100, wds=None,
-                 linear: bool = False, stop_dv: bool = True, **kwargs: Any) -> Suggestions:
-        """LR range test over ``num_it`` steps, validating on one batch per step. Learner state is restored."""
-        return lr_find2(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, wds=wds, linear=linear, stop_dv=stop_dv, **kwargs)
+        Args:
+            start_lr: the first step's lr (> 0), or one per layer group (every group scaled alike).
+            end_lr: the last step's lr (> start_lr).
+            wds: weight decay during the sweep (>= 0), or one per layer group; None keeps the groups' own.
+            linear: a linear sweep instead of the exponential one (True or False).
+            callbacks: extra :class:`clrfit.Callback` instances for the sweep (a list).
+            metrics: metrics for this sweep instead of the learner's (a list).
+            accumulate: micro-batches per sweep step (an integer >= 1), as ``fit(accumulate=k)``.
+            compile: as ``fit``'s ``compile`` (False, True or a torch.compile backend name).
+        """
+        return lr_find(self, start_lr=start_lr, end_lr=end_lr, wds=wds, linear=linear, callbacks=callbacks,
+                       metrics=metrics, accumulate=accumulate, compile=compile)
+
+    def lr_find2(
+        self,
+        start_lr: float | Sequence[float] = 1e-5,
+        end_lr: float = 10,
+        num_it: int = 100,
+        wds: float | Sequence[float] | None = None,
+        linear: bool = False,
+        stop_dv: bool = True,
+        callbacks: Sequence[Callback] | None = None,
+        metrics: Sequence[Callable] | None = None,
+        accumulate: int = 1,
+        compile: bool | str = False,
+        n_sweeps: int = 1,
+    ) -> Suggestions:
+        """LR range test over ``num_it`` steps, validating on one batch per step. Learner state is restored.
+
+        Args:
+            start_lr: the first step's lr (> 0), or one per layer group (every group scaled alike).
+            end_lr: the last step's lr (> start_lr).
+            wds: weight decay during the sweep (>= 0), or one per layer group; None keeps the groups' own.
+            linear: a linear sweep instead of the exponential one (True or False).
+            num_it: the number of sweep steps (an integer >= 2), across epochs if needed.
+            stop_dv: stop when the loss diverges (docs/lr_finder.md); False runs all ``num_it`` steps.
+            callbacks: extra :class:`clrfit.Callback` instances for the sweep (a list).
+            metrics: metrics for this sweep instead of the learner's (a list).
+            accumulate: micro-batches per sweep step (an integer >= 1), as ``fit(accumulate=k)``.
+            compile: as ``fit``'s ``compile`` (False, True or a torch.compile backend name).
+            n_sweeps: restored sweeps with different data orders (an integer >= 1); suggestions are their medians with spreads.
+        """
+        return lr_find2(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, wds=wds, linear=linear,
+                        stop_dv=stop_dv, callbacks=callbacks, metrics=metrics, accumulate=accumulate,
+                        compile=compile, n_sweeps=n_sweeps)
 
     # ------------------------------------------------------------------ the loop
     def train(
@@ -402,6 +477,9 @@ class Learner:
         calling fit's arguments, compared on resume), ``recorder`` (a recorder to
         fill) and ``validate`` (False: no end-of-epoch validation) serve the range tests.
         """
+        if self._running:  # a nested fit would reset the counters of the one running and cut it short
+            raise RuntimeError("a fit (or lr_find) was started from a callback of a running fit; that is not "
+                               "supported: run it after the outer fit returns")
         n_epochs = check_int("n_epochs", n_epochs, minimum=1)
         accumulate, backend, group_wds = _check_options(self.n_groups, wds, use_wd_sched, norm_wds, wds_sched_mult,
                                                         accumulate, compile, resume, on_nan)
@@ -410,15 +488,21 @@ class Learner:
         fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)  # checks checkpoint*
         self._reset_counters()
         self.validate_each_epoch = check_bool("validate", validate)
+        if self.validate_each_epoch and self.data.val_dl is not None and _length(self.data.val_dl) == 0:
+            raise ValueError("the validation loader (data.val_dl) has no batches (len() == 0): every epoch would "
+                             "end in a validation of nothing; pass a validation set, or ModelData without val_dl")
         self._metrics = list(metrics) if metrics is not None else self.metrics
         self.accumulate = accumulate
         self.steps_per_epoch = self._steps_per_epoch(accumulate)
         self.n_epochs = n_epochs
         self.schedule = schedule
         self.fit_args = dict(fit_args or {}, n_epochs=n_epochs, accumulate=accumulate, wds=group_wds,
-                             use_wd_sched=use_wd_sched, norm_wds=norm_wds)
+                             use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
+                             metrics=tuple(self._metrics))  # callables compared by code on resume
         self.train_model, self.eval_model = self.runtime.models(backend)
         self._generators = loader_generators((self.data.trn_dl, self.data.val_dl))
+        self._samplers = stateful_samplers((self.data.trn_dl,))
+        start_persistent_workers((self.data.trn_dl, self.data.val_dl))
         self.sched = self.recorder = recorder or Recorder()
         cbs = [ParamScheduler(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult), self.recorder]
         if self.progress or self.table:
@@ -432,19 +516,20 @@ class Learner:
             cb.learn = self
         self._handlers = {e: [getattr(cb, e) for cb in self._cbs if _overrides(cb, e)] for e in EVENTS}
         self._interrupt_requested = False
+        self._running = True
         try:
             with sigint(self._request_stop):
                 try:
-                    self._scope("train", self._all_epochs, CancelFitException)
+                    self._scope("train", self._all_epochs, _CANCELS)
                 finally:
-                    self._fire("on_train_end")
+                    self._end("on_train_end", _CANCELS)
                     if self.interrupted:
                         raise KeyboardInterrupt(
                             f"training interrupted by Ctrl-C at epoch {self.epoch}, iteration {self.iteration}; "
                             "the model and learn.sched hold the state reached"
                         )
         finally:
-            self._interrupt_requested = False
+            self._interrupt_requested = self._running = False
 
     def _request_stop(self) -> None:
         self._interrupt_requested = True  # the loop stops after the current step
@@ -453,25 +538,51 @@ class Learner:
         for handler in self._handlers[event]:
             handler()
 
-    def _scope(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
-        """Fire ``on_<name>_begin``, run ``body``; fire ``on_<name>_end`` on success or any cancel."""
+    def _end(self, event: str, cancels: tuple[type[Exception], ...]) -> None:
+        """Fire an end event to every callback, even after one cancels or fails; a cancel of this scope (or smaller) ends here.
+
+        No callback may miss the end of a scope it saw begin (the recorder would
+        lose a step, the checkpoint an epoch); a cancel raised by an end event has
+        nothing left to skip in its own scope, so only a larger one propagates.
+        """
+        cancel = error = None
+        for handler in self._handlers[event]:
+            try:
+                handler()
+            except _CANCELS as err:
+                if cancel is None or _cancel_rank(err) > _cancel_rank(cancel):
+                    cancel = err
+            except Exception as err:  # raised once every callback has seen the end (the first error wins)
+                error = error or err
+        if error is not None:
+            raise error
+        if cancel is not None and not isinstance(cancel, cancels):
+            raise cancel
+
+    def _scope(self, name: str, body: Callable[[], None], cancels: tuple[type[Exception], ...]) -> None:
+        """Fire ``on_<name>_begin``, run ``body``; fire ``on_<name>_end`` on success or any cancel.
+
+        ``cancels`` are this scope's cancel and the smaller ones: a CancelBatchException
+        raised outside a batch (say in ``on_epoch_begin``) cancels the scope it was raised in.
+        """
         begin, end = ("on_train_begin", None) if name == "train" else (f"on_{name}_begin", f"on_{name}_end")
         try:
             self._fire(begin)
             body()
-        except cancel:
+        except cancels:
             pass
-        except _CANCELS:
+        except _CANCELS as err:
+            self.fit_cancelled = self.fit_cancelled or isinstance(err, CancelFitException)
             if end:
-                self._fire(end)
+                self._end(end, cancels)
             raise
         if end:
-            self._fire(end)
+            self._end(end, cancels)
 
     def _all_epochs(self) -> None:
         state = self.state
         while state.epoch < self.n_epochs:
-            self._scope("epoch", self._one_epoch, CancelEpochException)
+            self._scope("epoch", self._one_epoch, _CANCELS[:2])
             state.epoch += 1
             state.batch_index = 0
 
@@ -480,8 +591,9 @@ class Learner:
         self.train_model.train()
         self.val_loss, self.val_metrics = None, []
         for micro_batches in self._epoch_steps():
+            self.step_loss = None  # set once the step's forward passes are done: a step cancelled before has no loss
             try:
-                self._scope("batch", functools.partial(self._one_step, micro_batches), CancelBatchException)
+                self._scope("batch", functools.partial(self._one_step, micro_batches), _CANCELS[:1])
             finally:
                 # A batch that began counts as an iteration, however it ended, so the
                 # schedule never replays a position.
@@ -514,6 +626,7 @@ class Learner:
             torch.set_rng_state(state.epoch_rng_state)
         state.epoch_rng_state = torch.get_rng_state()
         state.loader_generators = [g.get_state() for g in self._generators]
+        state.sampler_states = [plain_state(s.state_dict()) for s in self._samplers]
         batches = iter(dl)
         for _ in range(state.batch_index * self.accumulate):
             if next(batches, None) is None:  # resuming at an epoch's end (a short last step)
@@ -522,16 +635,27 @@ class Learner:
             set_rng_states(state.resume_rng)
             state.resume_rng = None
         group: list[Any] = []
+        steps = state.batch_index
         for batch in batches:
             group.append(batch)
             if len(group) == self.accumulate:
                 yield group
-                group = []
+                group, steps = [], steps + 1
+                if steps == self.steps_per_epoch:  # the schedule was planned for len(): never run past it
+                    if next(batches, None) is not None:
+                        _loader_length_warning(dl, "more", self.steps_per_epoch)
+                    return
         if group:
             yield group
+            steps += 1
+        if steps < self.steps_per_epoch:
+            _loader_length_warning(dl, "fewer", self.steps_per_epoch, steps)
 
     def _one_step(self, micro_batches: list[Any]) -> None:
         runtime, model, n = self.runtime, self.train_model, len(micro_batches)
+        # A step cancelled or failed after backward left its gradients (the zero_grad below did not run):
+        # they must not add to this one, nor to the first step of the next fit.
+        self.opt.zero_grad(set_to_none=True)
         total = None
         for j, batch in enumerate(micro_batches):
             self.xb, self.yb = runtime.to_device(batch)
@@ -577,6 +701,9 @@ class Learner:
         self.dist.all_reduce_sum(sums)
         totals = sums.tolist()
         count = totals[1]
+        if count == 0:  # a loader whose len() promised batches that never came
+            raise ValueError(f"validate: the validation loader yielded no samples (len() = {_length(dl)}); "
+                             "pass a validation set with samples, or ModelData without val_dl")
         return totals[0] / count, [v / count for v in totals[2:]]
 
     # ------------------------------------------------------------------ persistence
@@ -593,6 +720,7 @@ class Learner:
         state = {"model": self.model.state_dict()}
         if with_opt:
             state["opt"] = self.opt.state_dict()
+            state["opt_type"] = type(self.opt).__name__
         path = self.model_path(name)
         if self.is_main_process:
             save_state(state, path)
@@ -603,6 +731,12 @@ class Learner:
         """Load what :meth:`save` wrote; on any error the learner is left unchanged."""
         path = self.model_path(name)
         state = load_state(path, self.device, required=("model",))
+        if with_opt and "opt" in state:
+            saved_type = state.get("opt_type") if isinstance(state.get("opt_type"), str) else None
+            problem = optimizer_mismatch(self.opt, state["opt"], saved_type)
+            if problem:
+                raise ValueError(f"load: {path} does not fit this learner's optimizer: {problem}; "
+                                 "load with with_opt=False to take the weights only")
         snapshot = LearnerSnapshot(self, everything=False, callbacks=())
         try:
             self.model.load_state_dict(state["model"])
@@ -689,6 +823,9 @@ def _check_options(n_groups: int, wds: Any, use_wd_sched: Any, norm_wds: Any, wd
 
 
 def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Callback]:
+    if isinstance(callbacks, Callback) or (callbacks is not None and not isinstance(callbacks, Iterable)):
+        raise TypeError(f"{name} must be a list of clrfit.Callback instances; got a single {type(callbacks).__name__}: "
+                        f"pass [{type(callbacks).__name__}(...)]")
     callbacks = list(callbacks or [])
     for cb in callbacks:
         if not isinstance(cb, Callback):
@@ -697,8 +834,76 @@ def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Ca
 
 
 def _check_metrics(metrics: Sequence[Callable] | None) -> None:
+    if metrics is not None and callable(metrics) and not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got the single callable "
+                        f"{metric_name(metrics)}: pass [{metric_name(metrics)}]")
+    if metrics is not None and not isinstance(metrics, Iterable):
+        raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
     if metrics is not None and (isinstance(metrics, (str, bytes)) or not all(callable(m) for m in metrics)):
         raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
+
+
+def _cancel_rank(err: Exception) -> int:
+    """0 for a batch cancel, 1 for an epoch cancel, 2 for a fit cancel (subclasses included)."""
+    return next(i for i, kind in enumerate(_CANCELS) if isinstance(err, kind))
+
+
+#: The most optimizer steps a fit may plan: beyond 2**53 a step count is no longer exact as a float.
+MAX_STEPS = 2**53
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is a finite real number (numpy and 0-d torch included), else None (checked later)."""
+    try:
+        out = float(value.item() if getattr(value, "ndim", None) == 0 else value)
+    except (TypeError, ValueError, AttributeError, RuntimeError, OverflowError):
+        return None
+    return out if math.isfinite(out) and not isinstance(value, bool) else None
+
+
+def _check_fit_length(n_cycle: Any, cycle_len: Any, cycle_mult: Any, nb: int) -> None:
+    """Refuse SGDR lengths whose epoch count overflows (``cycle_len * (cycle_mult**n_cycle - 1) / (cycle_mult - 1)``)."""
+    n, length, mult = _real(n_cycle), _real(cycle_len), _real(cycle_mult)
+    if None in (n, length, mult) or not (n >= 1 and length > 0 and mult > 1) or not n.is_integer():
+        return  # the schedule's own checks name whatever is wrong
+    n = int(n)
+    largest = 1
+    while length * (mult ** (largest + 1) - 1) / (mult - 1) * nb <= MAX_STEPS:
+        largest += 1
+    if n > largest:
+        raise ValueError(f"n_cycle={n} with cycle_len={cycle_len:g} and cycle_mult={cycle_mult:g} plans more than "
+                         f"2**53 optimizer steps ({nb} per epoch); with these, n_cycle must be in [1, {largest}]")
+
+
+def _check_cyclic_range(step_size_up: Any, step_size_down: Any, mode: Any, gamma: Any, total: int) -> None:
+    """Refuse ``fit_cyclic`` values that overflow or divide by zero within the run's ``total`` steps."""
+    for name, value in (("step_size_up", step_size_up), ("step_size_down", step_size_down)):
+        size = _real(value)
+        if size is not None and size > MAX_STEPS:
+            raise ValueError(f"{name} must be in (0, 2**53] optimizer steps (larger sizes overflow the cycle "
+                             f"position); got {value!r}")
+    g = _real(gamma)
+    if mode == "exp_range" and g is not None and g > 1 and total > 1:
+        # lr = base + (max - base) * s * gamma**t: gamma**(total - 1) must stay a finite float.
+        limit = math.exp(math.log(sys.float_info.max) / (total - 1)) * (1 - 1e-12)
+        if g > limit:
+            raise ValueError(f"gamma={g:g} overflows: gamma**t over the run's {total} steps exceeds the largest "
+                             f"float; gamma must be in (0, {limit:.12g}] for this run")
+
+
+def _loader_length_warning(dl: Any, kind: str, planned: int, got: int | None = None) -> None:
+    detail = f"{got} steps" if got is not None else "more batches; the rest were not used"
+    warnings.warn(f"the training loader yielded {kind} batches than its len() ({len(dl)}, {planned} optimizer steps "
+                  f"planned per epoch): {detail}. The schedule was planned for len() batches, so a cycle that "
+                  "should end in this epoch is not completed; make len() match what the loader yields",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _length(dl: Any) -> int | None:
+    try:
+        return len(dl)
+    except TypeError:
+        return None
 
 
 def _overrides(cb: Callback, event: str) -> bool:
@@ -709,8 +914,25 @@ def _overrides(cb: Callback, event: str) -> bool:
 
 def _plain(value: Any) -> Any:
     """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
+    if hasattr(value, "tolist"):  # numpy and tensor scalars or arrays (the builders accept them too)
+        value = value.tolist()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0:  # numpy and 0-d torch scalars
+        return float(value)
     return tuple(float(v) for v in value)
 
 
+_warned_threads = False
+
+
+def _warn_if_oversubscribed(model: nn.Module, device: torch.device) -> None:
+    """Once per process: warn when torch's CPU threads exceed the free cores (docs/threads.md)."""
+    global _warned_threads
+    if _warned_threads:
+        return
+    n_parameters = sum(p.numel() for p in model.parameters())
+    message = threads.oversubscription(torch.get_num_threads(), n_parameters, device.type)
+    if message is not None:
+        _warned_threads = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

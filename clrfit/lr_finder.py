@@ -39,8 +39,9 @@ from .callback import Callback, CancelFitException
 from .recorder import SMOOTHING, Recorder
 from .rollback import LearnerSnapshot
 from .schedules import LRSweep
-from .state import sigint
-from .suggest import Suggestions, end_points, suggest, warmup_points
+from .runtime import compile_backend
+from .state import loader_generators, sigint
+from .suggest import Suggestions, combine_sweeps, end_points, suggest, warmup_points
 from .validation import as_group_values, check_bool, check_int, check_number
 
 __all__ = ["LearnerSnapshot", "RangeTestRecorder", "lr_find", "lr_find2", "smooth_curve"]
@@ -66,6 +67,7 @@ class RangeTestRecorder(Recorder):
         self.best_loss = math.inf
         self.diverged = False
         self.suggestions: Suggestions | None = None
+        self.sweeps: list[RangeTestRecorder] = [self]  # lr_find2(n_sweeps=k): every sweep, this one first
         self._val_batches: Iterator[Any] | None = None
         self._first_val_batch: Any = None
 
@@ -83,8 +85,9 @@ class RangeTestRecorder(Recorder):
 
     def on_batch_end(self) -> None:
         learn = self.learn
-        loss = learn.step_loss if learn.step_loss is not None else torch.tensor(math.nan)
-        stats = [loss.detach().reshape(()).to(learn.device, torch.float64)]
+        if not self.record_step():  # cancelled before its loss: nothing to record, nothing to judge
+            return
+        stats = [learn.step_loss.detach().reshape(()).to(learn.device, torch.float64)]
         if self.validates_each_step:
             stats += self._validation_step()
         values = torch.stack(stats)
@@ -159,10 +162,13 @@ class RangeTestRecorder(Recorder):
         from .plots import plot_range_test
 
         n = len(self.iterations)
+        defaults = n_skip is None and n_skip_end is None
         n_skip = warmup_points(n) if n_skip is None else check_int("n_skip", n_skip, minimum=0)
         n_skip_end = end_points(n) if n_skip_end is None else check_int("n_skip_end", n_skip_end, minimum=0)
         check_bool("smoothed", smoothed)
         check_bool("suggestions", suggestions)
+        if defaults and n - n_skip - n_skip_end < 2:  # a short sweep: the default trims would leave no curve
+            n_skip = n_skip_end = 0
         if n - n_skip - n_skip_end < 2:
             raise ValueError(
                 f"n_skip={n_skip} and n_skip_end={n_skip_end} leave {max(n - n_skip - n_skip_end, 0)} of the {n} "
@@ -204,22 +210,27 @@ def lr_find(
     linear: bool = False,
     callbacks: Sequence[Callback] | None = None,
     metrics: Sequence[Callable] | None = None,
+    accumulate: int = 1,
+    compile: bool | str = False,
 ) -> Suggestions:
     """LR range test over at most one epoch; stops when the loss diverges. Returns the suggestions.
 
     ``learn.sched`` then holds the sweep (``learn.sched.plot()``); everything else about
-    the learner is exactly as before.
+    the learner is exactly as before. ``accumulate`` and ``compile`` as in ``fit``: one
+    sweep step is ``accumulate`` micro-batches, so the test sees the fit's effective batch.
     """
     start_lrs, end_lr, linear = _check_sweep(learn, start_lr, end_lr, linear)
     _check_wds(learn, wds)
-    nb = learn._steps_per_epoch()
+    options = _step_options(accumulate, compile)
+    nb = learn._steps_per_epoch(options["accumulate"])
     if nb < 2:
         raise ValueError(
-            f"lr_find sweeps over one epoch, but the training loader has {nb} batch; at least 2 are needed "
-            "(use lr_find2(num_it=...), which runs across epochs, or a smaller batch size)"
+            f"lr_find sweeps over one epoch, but the training loader has {nb} step(s) of accumulate="
+            f"{options['accumulate']} batch(es); at least 2 are needed "
+            "(use lr_find2(num_it=...), which runs across epochs, a smaller batch size or a smaller accumulate)"
         )
     recorder = RangeTestRecorder(nb, stop_dv=True, linear=linear)
-    return _range_test(learn, LRSweep(start_lrs, end_lr, nb, linear), 1, recorder, wds, callbacks, metrics)
+    return _range_test(learn, LRSweep(start_lrs, end_lr, nb, linear), 1, recorder, wds, callbacks, metrics, **options)
 
 
 def lr_find2(
@@ -232,26 +243,70 @@ def lr_find2(
     stop_dv: bool = True,
     callbacks: Sequence[Callback] | None = None,
     metrics: Sequence[Callable] | None = None,
+    accumulate: int = 1,
+    compile: bool | str = False,
+    n_sweeps: int = 1,
 ) -> Suggestions:
     """LR range test over ``num_it`` steps (across epochs), validating on the next validation batch after each step.
 
     ``learn.sched.val_losses`` and ``learn.sched.rec_metrics`` get one entry per step.
     With ``stop_dv=False`` the sweep runs all ``num_it`` steps even if the loss diverges.
+    ``accumulate`` and ``compile`` as in ``fit``. ``n_sweeps=k`` runs k sweeps, each from
+    the same restored state with a different data order, and returns every suggestion's
+    median with its spread over the sweeps (``clrfit.suggest.combine_sweeps``);
+    ``learn.sched`` is the first sweep and ``learn.sched.sweeps`` all of them.
     Returns the suggestions; the learner is left exactly as before.
     """
     start_lrs, end_lr, linear = _check_sweep(learn, start_lr, end_lr, linear)
     num_it = check_int("num_it", num_it, minimum=2)
     stop_dv = check_bool("stop_dv", stop_dv)
+    n_sweeps = check_int("n_sweeps", n_sweeps, minimum=1)
     _check_wds(learn, wds)
+    options = _step_options(accumulate, compile)
     val_dl = learn.data.val_dl
     if val_dl is None:
         raise ValueError("lr_find2 validates one batch after every step and needs a validation loader; "
                          "learn.data.val_dl is None (pass a validation set to ModelData, or use lr_find)")
     if hasattr(val_dl, "__len__") and len(val_dl) == 0:
         raise ValueError("learn.data.val_dl is empty (0 batches); lr_find2 needs at least one validation batch")
-    n_epochs = math.ceil(num_it / learn._steps_per_epoch())
-    recorder = RangeTestRecorder(num_it, stop_dv=stop_dv, val_dl=val_dl, linear=linear)
-    return _range_test(learn, LRSweep(start_lrs, end_lr, num_it, linear), n_epochs, recorder, wds, callbacks, metrics)
+    n_epochs = math.ceil(num_it / learn._steps_per_epoch(options["accumulate"]))
+    sweep = LRSweep(start_lrs, end_lr, num_it, linear)
+    if n_sweeps == 1:
+        recorder = RangeTestRecorder(num_it, stop_dv=stop_dv, val_dl=val_dl, linear=linear)
+        return _range_test(learn, sweep, n_epochs, recorder, wds, callbacks, metrics, **options)
+    recorders = []
+    table = learn.table
+    try:
+        learn.table = False  # one printout, of the combined suggestions
+        for i in range(n_sweeps):
+            recorder = RangeTestRecorder(num_it, stop_dv=stop_dv, val_dl=val_dl, linear=linear)
+            _range_test(learn, sweep, n_epochs, recorder, wds, callbacks, metrics, **options, reshuffle=i)
+            recorders.append(recorder)
+    finally:
+        learn.table = table
+    first = recorders[0]
+    first.sweeps = recorders
+    first.suggestions = combine_sweeps([r.suggestions for r in recorders])
+    learn.sched = first
+    if learn.table and learn.is_main_process:
+        print(first.suggestions)
+    return first.suggestions
+
+
+def _step_options(accumulate: Any, compile: Any) -> dict[str, Any]:
+    """``accumulate`` and ``compile`` checked before anything runs, as ``train`` takes them."""
+    accumulate = check_int("accumulate", accumulate, minimum=1)
+    compile_backend(compile)  # raises naming compile when it is not True, False or a known backend
+    return {"accumulate": accumulate, "compile": compile}
+
+
+def _reshuffle(learn: "Learner", i: int) -> None:
+    """A different, repeatable data order for sweep ``i``: the shuffling generators advanced by ``i`` draws.
+
+    Runs inside the sweep's snapshot, so the generators are put back afterwards."""
+    torch.randint(0, 2, (i,))  # a sampler without its own generator draws its seed from the global one
+    for g in loader_generators((learn.data.trn_dl, learn.data.val_dl)):
+        torch.randint(0, 2, (i,), generator=g)
 
 
 def _check_sweep(learn: "Learner", start_lr: Any, end_lr: Any, linear: Any) -> tuple[tuple[float, ...], float, bool]:
@@ -276,12 +331,17 @@ def _range_test(
     wds: Any,
     callbacks: Sequence[Callback] | None,
     metrics: Sequence[Callable] | None,
+    accumulate: int = 1,
+    compile: bool | str = False,
+    reshuffle: int = 0,
 ) -> Suggestions:
     snapshot = LearnerSnapshot(learn)
     try:
         learn.table = False  # a per-epoch table means nothing for a sweep; the bar stays
+        if reshuffle:
+            _reshuffle(learn, reshuffle)
         learn.train(sweep, n_epochs, wds=wds, callbacks=callbacks, metrics=metrics, on_nan="ignore",
-                    recorder=recorder, validate=False)
+                    recorder=recorder, validate=False, accumulate=accumulate, compile=compile)
     except BaseException as err:
         with sigint(deliver=True):  # a Ctrl-C now must not leave the learner half restored
             snapshot.restore()

@@ -56,7 +56,14 @@ class ScheduleLR(LRScheduler):
     # ------------------------------------------------------------------ builders from the fit arguments
     @classmethod
     def from_fit(cls, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> "ScheduleLR":
-        """The schedule of ``learn.fit(lrs, n_cycle, cycle_len, cycle_mult, use_clr, use_clr_beta)``."""
+        """The schedule of ``learn.fit(lrs, n_cycle, cycle_len, cycle_mult, use_clr, use_clr_beta)``.
+
+        ``lr=`` is accepted for ``lrs=`` (one value or one per param group).
+        """
+        if "lr" in kwargs:
+            if "lrs" in kwargs or args:
+                raise TypeError("from_fit: pass the learning rate once, as lrs= (or its alias lr=), not both")
+            kwargs["lrs"] = kwargs.pop("lr")
         return cls._build("from_fit", "fit", optimizer, *args, **kwargs)
 
     @classmethod

@@ -6,6 +6,10 @@ optimizer used. Losses are kept on the device and read back in batches
 (every ``flush_every`` = 32 steps on every device, at epoch end, and whenever a
 list is read), so recording adds no per-step host sync; the divergence guard
 checks the losses at those same points (see :mod:`clrfit.checkpoint`).
+
+A step is recorded whole (iteration, lrs, momentums and loss together, at
+``on_batch_end``) or not at all: one cancelled before its loss existed adds
+nothing, so the lists stay aligned and never hold a NaN for a cancelled step.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ class Recorder(Callback):
         self.epochs: list[int] = []
         self.avg_loss = 0.0
         self._pending: list[torch.Tensor] = []
+        self._step: tuple[int, list[float], list[float | None]] | None = None  # read at on_batch_begin
 
     # ------------------------------------------------------------------ lists
     @property
@@ -70,15 +75,28 @@ class Recorder(Callback):
 
     def on_batch_begin(self) -> None:
         groups = self.learn.opt.param_groups
-        self.iterations.append(self.learn.iteration)
-        self.group_lrs.append([float(g["lr"]) for g in groups])
-        self.group_moms.append([get_momentum(g) for g in groups])
+        self._step = (self.learn.iteration, [float(g["lr"]) for g in groups], [get_momentum(g) for g in groups])
 
     def on_batch_end(self) -> None:
-        loss = self.learn.step_loss
-        self._pending.append(loss if loss is not None else torch.full((), float("nan"), device=self.learn.device))
-        if len(self._pending) >= self.flush_every:
-            self.flush()
+        if self.record_step():
+            self._pending.append(self.learn.step_loss)
+            if len(self._pending) >= self.flush_every:
+                self.flush()
+
+    def record_step(self) -> bool:
+        """Append this step's iteration, lrs and momentums if it has a loss; False for a step cancelled before.
+
+        A step is recorded whole or not at all, so every list keeps one entry per
+        recorded step: one cancelled before its loss existed (or before the
+        hyper-parameters were read) adds nothing, never a NaN or a repeated loss.
+        """
+        step, self._step = self._step, None
+        if step is None or self.learn.step_loss is None or step[0] != self.learn.iteration:
+            return False
+        self.iterations.append(step[0])
+        self.group_lrs.append(step[1])
+        self.group_moms.append(step[2])
+        return True
 
     def on_validate_end(self) -> None:
         self.metric_names = list(self.learn.metric_names)
@@ -138,6 +156,7 @@ class Recorder(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self._pending = []
+        self._step = None
         self.iterations = list(state["iterations"])
         self.group_lrs = [list(g) for g in state["group_lrs"]]
         self.group_moms = [list(g) for g in state["group_moms"]]

@@ -112,7 +112,12 @@ class Runtime:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch: Any, crit: Callable, metrics: Sequence[Callable]) -> torch.Tensor:
-        """``[loss * n, n, metric * n, ...]`` of one batch as a float64 device tensor (``model`` in eval mode)."""
+        """``[loss * n, n, metric * n, ...]`` of one batch as a float64 device tensor (``model`` in eval mode).
+
+        ``n`` is the number of samples (the leading size of the first target tensor, or
+        of the input), not the number of targets of a multi-target batch. Metrics get
+        what the loss gets: a tuple-output model's metrics receive the tuple.
+        """
         xb, yb = self.to_device(batch)
         pred, loss = self.forward(model, xb, yb, crit)
         n = float(batch_size(xb, yb))
@@ -133,9 +138,17 @@ def resolve_device(device: str | torch.device | None, local_rank: int) -> torch.
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r} ({err})") from None
+    if resolved.type == "cuda":  # found here, not as a driver traceback at the first tensor moved
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this machine has no usable CUDA device (torch.cuda.is_available() "
+                             "is False); use device='cpu'")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return resolved
 
 
 _TARGET_KEYS = ("labels", "label", "target", "targets", "y")

@@ -39,7 +39,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .validation import as_group_values, check_bool, check_choice, check_int, check_number
+from .validation import (ANNEAL_STRATEGIES, CYCLIC_MODES, SCALE_MODES, as_group_values, check_bool,
+                         check_choice, check_int, check_number)
 
 GroupValues = tuple[float, ...]
 #: A phase's point: one value for every group (scaled by the schedule) or one value per group.
@@ -897,10 +898,10 @@ def cyclic_schedule(n_groups: int, *args: Any, **kwargs: Any) -> CyclicLR:
         down = _number("step_size_down", down, minimum=0.0)
     scale_fn, mode = a["scale_fn"], a["mode"]
     if scale_fn is None:
-        check_choice("mode", mode, ("triangular", "triangular2", "exp_range"), extra=" (or pass scale_fn)")
+        check_choice("mode", mode, CYCLIC_MODES, extra=" (or pass scale_fn)")
     elif not callable(scale_fn):
         raise TypeError(f"scale_fn must be callable; got {scale_fn!r}")
-    check_choice("scale_mode", a["scale_mode"], ("cycle", "iterations"))
+    check_choice("scale_mode", a["scale_mode"], SCALE_MODES)
     gamma = _number("gamma", a["gamma"], minimum=0.0, exclusive_min=True)
     cycle_momentum = _flag("cycle_momentum", a["cycle_momentum"])
     base_m, top_m = _plain(a["base_momentum"]), _plain(a["max_momentum"])  # torch ignores them without cycling
@@ -924,7 +925,7 @@ def one_cycle_schedule(n_groups: int, *args: Any, **kwargs: Any) -> OneCycleLR:
     top = _group_values("max_lr", a["max_lr"], n_groups, minimum=0.0)
     total = _integer("total_steps (epochs * batches per epoch)", a["total"], minimum=1)
     pct_start = _number("pct_start", a["pct_start"], minimum=0.0, maximum=1.0)
-    anneal_strategy = check_choice("anneal_strategy", a["anneal_strategy"], ("cos", "linear"))
+    anneal_strategy = check_choice("anneal_strategy", a["anneal_strategy"], ANNEAL_STRATEGIES)
     div_factor = _number("div_factor", a["div_factor"], minimum=0.0, exclusive_min=True)
     final_div_factor = _number("final_div_factor", a["final_div_factor"], minimum=0.0, exclusive_min=True)
     cycle_momentum = _flag("cycle_momentum", a["cycle_momentum"])
@@ -1019,6 +1020,16 @@ def preview(
     ``fit_cyclic``'s keyword arguments and ``one_cycle`` those of ``fit_one_cycle``; for
     them ``iterations`` is one epoch and ``epochs`` (default 1) sets the length. Their
     learning rates come from the dict, so ``lr`` must then stay at its default.
+
+    Args:
+        iterations: iterations in one cycle (or one epoch for ``cyclic`` / ``one_cycle``), an integer >= 1.
+        lr: the peak learning rate (> 0), or one per layer group.
+        use_clr: ``(div, cut_div)`` or ``(div, cut_div, max_mom, min_mom)``, as in ``fit``.
+        use_clr_beta: ``(div, pct)`` or ``(div, pct, max_mom, min_mom)``, as in ``fit``.
+        cycle_mult: SGDR's cycle length multiplier (an integer >= 1).
+        n_cycle: the number of cycles (an integer >= 1).
+        cyclic: ``fit_cyclic``'s keyword arguments (a dict, ``epochs`` optional), or None.
+        one_cycle: ``fit_one_cycle``'s keyword arguments (a dict, ``epochs`` optional), or None.
     """
     iterations = _integer("iterations", iterations, minimum=1)
     if cyclic is not None and one_cycle is not None:

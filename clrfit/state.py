@@ -36,6 +36,7 @@ class TrainingState:
     iter_in_cycle: int = 0
     epoch_rng_state: torch.Tensor | None = None  # torch CPU RNG just before the epoch's loader is iterated
     loader_generators: list[torch.Tensor] = field(default_factory=list, repr=False)  # their states at that point
+    sampler_states: list[Any] = field(default_factory=list, repr=False)  # stateful samplers' state_dict() then
     resume_rng: dict[str, Any] | None = field(default=None, repr=False)  # set by a mid-epoch resume, used once
 
     @property
@@ -46,7 +47,7 @@ class TrainingState:
     def state_dict(self) -> dict[str, Any]:
         """Counters, epoch RNG and loader generator states, as plain values and tensors (``weights_only=True``)."""
         return {"counters": self.counters, "epoch_rng_state": self.epoch_rng_state,
-                "loader_generators": list(self.loader_generators)}
+                "loader_generators": list(self.loader_generators), "sampler_states": list(self.sampler_states)}
 
     def load_state_dict(self, state: dict[str, Any], rng_states: dict[str, Any] | None = None) -> None:
         """Continue from ``state``; with ``rng_states`` (mid-epoch) the loop replays the epoch and then restores them."""
@@ -54,6 +55,7 @@ class TrainingState:
             setattr(self, name, int(state["counters"][name]))
         self.epoch_rng_state = state.get("epoch_rng_state")
         self.loader_generators = list(state.get("loader_generators", []))
+        self.sampler_states = list(state.get("sampler_states", []))
         self.resume_rng = rng_states
 
 
@@ -69,6 +71,46 @@ def loader_generators(loaders: Any) -> list[torch.Generator]:
             if isinstance(g, torch.Generator):
                 found[id(g)] = g
     return list(found.values())
+
+
+def stateful_samplers(loaders: Any) -> list[Any]:
+    """The loaders' samplers and batch samplers that expose ``state_dict`` / ``load_state_dict``, each once.
+
+    Their state is taken just before an epoch's loader is iterated and put back
+    before a resumed epoch is replayed, as for the loaders' generators.
+    """
+    found: dict[int, Any] = {}
+    for dl in loaders:
+        if dl is None:
+            continue
+        batch_sampler = getattr(dl, "batch_sampler", None)
+        for owner in (getattr(dl, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+            if owner is not None and owner is not dl and callable(getattr(owner, "state_dict", None)) \
+                    and callable(getattr(owner, "load_state_dict", None)):
+                found[id(owner)] = owner
+    return list(found.values())
+
+
+def start_persistent_workers(loaders: Any) -> None:
+    """Start the iterators of loaders with persistent workers now, with every random state put back.
+
+    A DataLoader draws its workers' base seed from the RNG when its iterator is
+    created, which a persistent loader does once, at its first epoch. Created
+    here, at the start of every fit, each epoch then draws only its sample order,
+    the same in a resumed run as in an uninterrupted one.
+    """
+    for dl in loaders:
+        if dl is None or not getattr(dl, "persistent_workers", False) or not getattr(dl, "num_workers", 0):
+            continue
+        generators = [(g, g.get_state()) for g in loader_generators([dl])]
+        samplers = [(s, s.state_dict()) for s in stateful_samplers([dl])]
+        torch_state = torch.get_rng_state()
+        iter(dl)
+        torch.set_rng_state(torch_state)
+        for g, g_state in generators:
+            g.set_state(g_state)
+        for sampler, sampler_state in samplers:
+            sampler.load_state_dict(sampler_state)
 
 
 class sigint:
@@ -88,7 +130,8 @@ class sigint:
 
     def __enter__(self) -> "sigint":
         self.received = False
-        if threading.current_thread() is threading.main_thread():
+        # A process that ignores SIGINT (nohup, a launcher, SIG_IGN set by the user) keeps ignoring it.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

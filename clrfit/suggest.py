@@ -8,23 +8,26 @@ left out, points with a NaN/inf loss are dropped, and everything is done in
 
 The curve is first made robust to noise and to its own blow-up:
 
-1. Divergence cut: once the loss has risen above its starting level by as much
-   as it fell (a running median decides, so one spike does not), the rest of the
-   curve is a blow-up; it is clipped at that level and cut there.
+1. Divergence cut: once the loss, after its minimum, has risen back above the
+   middle of its fall (a running median finds the fall, so one spike does not),
+   the rest of the curve is a blow-up and is dropped; a curve with no clear fall
+   is cut where it passes ``BLOW_UP`` x its starting level.
 2. Smoothing: a least-squares quadratic through each point's ``2h+1`` neighbours
-   (``h = max(2, round(n / 25))``), which also gives the slope. ``noise`` is
-   the robust standard deviation of what the smoothing removed.
+   (``h = max(2, round(n / 25))``). ``noise`` is the robust standard deviation
+   of what the smoothing removed.
 3. A clear descent is required: from its highest point before the minimum the
    smoothed loss must fall by more than ``CLEAR_NOISE`` x its noise and by more
-   than ``CLEAR_FALL`` x its starting level. Otherwise every rule is ``nan`` and
-   the note says whether the loss only rises (a trained model: the note gives the
-   lr where it starts to rise) or is flat.
+   than ``CLEAR_FALL`` x its starting level, and its running median by more than
+   ``CLEAR_FALL`` too. Otherwise every rule is ``nan`` and
+   the note says whether the loss only rises (a trained model, or one that learns
+   too little per step: the note gives the lr from which it rises) or is flat, and
+   which of the tests the fall failed.
 
 The rules, on the smoothed curve ``s`` falling by ``fall`` from ``s_top`` to its
 minimum ``s_min``:
 
-- ``minimum``: the lr at the lowest smoothed loss (vertex of a parabola through
-  it and its neighbours), divided by 10.
+- ``minimum``: the middle (in log lr) of the bottom of the curve, where the
+  smoothed loss is within ``MIN_BAND`` of the fall of its lowest value, / 10.
 - ``steep``: where the loss falls fastest: the slope-weighted centre (in log lr)
   of the points between the top and the minimum whose slope is at least half the
   steepest (slopes by central differences over a fixed span of log lr).
@@ -32,9 +35,9 @@ minimum ``s_min``:
   of the fall is done to where ``VALLEY_TO`` is done.
 - ``clr_bounds``: Smith's rule. ``base_lr`` where ``BASE_FRACTION`` of the fall
   is done, ``max_lr`` where ``TOP_FRACTION`` is done or, if earlier, the best
-  point before the loss turns ragged (rises more than ``RAGGED_FRACTION`` of the
-  fall, and 5 x the smoothed level's noise, above its lowest value so far, and does
-  not get back down within ``RAGGED_SPAN`` decade). ``div < MIN_DIV`` or ``> MAX_DIV`` comes
+  point before the loss turns ragged: once half the fall is done, it rises more
+  than ``RAGGED_FRACTION`` of the fall (and 5 x the smoothed level's noise) above
+  its lowest value so far and does not get back down within ``RAGGED_SPAN`` decade. ``div < MIN_DIV`` or ``> MAX_DIV`` comes
   with a note.
 
 Level crossings are interpolated linearly between points. Each suggestion also
@@ -68,6 +71,7 @@ RAGGED_NOISE = 5.0
 RAGGED_SPAN = 0.5
 MIN_BAND = 0.1
 MIN_DIV = 3.0
+BLOW_UP = 4.0
 MAX_DIV = 1000.0
 MAX_SPREAD = 0.5
 N_BOOT = 40
@@ -520,8 +524,14 @@ class _Curve:
         fall = float(s[i_top] - s[i_min]) - 2 * excess
         level = float(s[i_top]) - excess
         scale = max(abs(level), abs(float(s[i_min])), 1e-300)
-        if not (fall > CLEAR_NOISE * self.noise and fall > CLEAR_FALL * abs(level) and fall > FLAT_TOLERANCE * scale):
-            return _no_result(self._no_descent_note(s, fall, level))
+        # The running median must fall too: a quadratic through a sudden rise dips before it (ringing),
+        # which is no descent of the loss.
+        m = _running_median(y, self.h)
+        m_min = int(np.argmin(m))
+        median_fall = float(m[: m_min + 1].max() - m[m_min])
+        if not (fall > CLEAR_NOISE * self.noise and fall > CLEAR_FALL * abs(level) and fall > FLAT_TOLERANCE * scale
+                and median_fall > CLEAR_FALL * abs(level)):
+            return _no_result(self._no_descent_note(s, fall, median_fall, level))
 
         def crossing(fraction: float) -> tuple[float, int]:
             """x where s falls through ``level - fraction * fall`` for the last time before its minimum, and the
@@ -570,21 +580,24 @@ class _Curve:
         else:  # the fitted slope never turns negative although the level falls: use the middle of the fall
             x_steep = crossing(0.5)[0]
 
-        # clr_bounds: stop early where the descent turns ragged, i.e. rises and stays up for RAGGED_SPAN decade
+        # clr_bounds: stop early where the descent turns ragged, i.e. rises and stays up for RAGGED_SPAN decade.
+        # Only once half the fall is done: a wobble early on, followed by most of the fall, is not the top.
         j_base = crossing(BASE_FRACTION)[1]
-        stretch = s[j_base: j_top + 1]
+        j_half = i_top + int(np.argmax(s[i_top: i_min + 1] <= level - fall / 2))
+        j_from = max(j_base, j_half)
+        stretch = s[j_from: j_top + 1]
         low = np.minimum.accumulate(stretch)
         ragged = max(RAGGED_FRACTION * fall, RAGGED_NOISE * self.level_noise)  # noise alone must not trip it
         notes: dict[str, str] = {}
         turn = None
         for r in np.nonzero(stretch > low + ragged)[0]:
-            k = j_base + int(r)
+            k = j_from + int(r)
             later = (x > x[k]) & (x <= x[k] + RAGGED_SPAN)
             if not np.any(later & (s <= low[r])):
                 turn = k
                 break
         if turn is not None:
-            x_top = float(x[j_base + int(np.argmin(s[j_base:turn]))]) if turn > j_base else x_base
+            x_top = float(x[j_from + int(np.argmin(s[j_from:turn]))]) if turn > j_from else x_base
         if i_min == self.n - 1 and not self.cut:
             notes["minimum"] = (f"the loss is still falling at the last lr ({self.lr[-1]:.3g}): the minimum may lie "
                                 "beyond the sweep; sweep to a higher end_lr")
@@ -605,23 +618,32 @@ class _Curve:
                                    f"too small to help; prefer a fixed div (10 to 25) with max_lr={10 ** x_top:.3g}")
         return _Result(values, notes, ok=True, span=span, fall=fall)
 
-    def _no_descent_note(self, s: np.ndarray, fall: float, level: float) -> str:
-        """What a curve without a clear descent shows: a loss that only rises, or a flat one."""
+    def _no_descent_note(self, s: np.ndarray, fall: float, median_fall: float, level: float) -> str:
+        """What a curve without a clear descent shows (a loss that only rises, or a flat one), naming the test it failed."""
         low = np.minimum.accumulate(s)
         rise_total = float(s.max() - s.min())
-        if fall > 0:
-            how = (f"it falls by at most {fall:.3g} (from {level:.4g}), which is under {CLEAR_NOISE:g} x its noise "
-                   f"({self.noise:.2g}) or under {100 * CLEAR_FALL:g}% of its level")
-        else:
+        percent = f"{100 * CLEAR_FALL:g}% of its level"
+        reasons = ([f"under {CLEAR_NOISE:g} x its noise ({self.noise:.2g})"] if not fall > CLEAR_NOISE * self.noise
+                   else []) + ([f"under {percent}"] if not fall > CLEAR_FALL * abs(level) else [])
+        if fall <= 0 and median_fall <= 0:
             how = ""
+        elif reasons and fall > 0:
+            how = f"it falls by at most {fall:.3g} (from {level:.4g}), {' and '.join(reasons)}"
+        elif reasons:
+            how = f"its running median falls by at most {median_fall:.3g} (from {level:.4g}), {' and '.join(reasons)}"
+        elif median_fall > 0:  # the smoothed curve dips (ringing before a sudden rise) but the running median does not
+            how = f"its running median falls by at most {median_fall:.3g} (from {level:.4g}), under {percent}"
+        else:
+            how = "its running median never falls: the smoothed curve dips only where the loss turns up sharply"
         threshold = max(CLEAR_NOISE * self.noise, CLEAR_FALL * max(abs(float(s[0])), 1e-300))
-        rising = np.nonzero(s - low > threshold)[0]
-        if rising.size and rise_total > threshold:
-            start = int(rising[0])
+        near_low = np.nonzero(s - low <= threshold)[0]  # index 0 always is
+        if near_low[-1] < len(s) - 1 and rise_total > threshold:
+            start = int(near_low[-1]) + 1  # from here on the loss stays above its low: it rises for good
             # the last point still at the low level before the rise
             at = max(int(np.nonzero(s[: start + 1] - low[: start + 1] <= threshold / 2)[0][-1]), 0)
             return (f"the loss never falls over the sweep{f' ({how})' if how else ''} and rises from lr {self.lr[start]:.2g} on: "
-                    f"the model looks trained already; sweep lower (start_lr={self.lr[0] / 100:.0e}) or pick an lr "
+                    f"the model looks trained already, or learns too little per step of this sweep to show a descent; "
+                    f"sweep lower (start_lr={self.lr[0] / 100:.0e}), run more iterations (num_it), or pick an lr "
                     f"below where the loss starts to rise: {self.lr[at]:.2g}")
         return (f"the loss is flat over the sweep ({float(s.min()):.6g} .. {float(s.max()):.6g}{': ' + how if how else ''}): "
                 "widen the lr range or check that the model trains")
@@ -667,7 +689,11 @@ def _cut_blow_up(y: np.ndarray) -> tuple[np.ndarray, bool]:
     fall = top - float(m[i_min])
     noise = _robust_std(np.diff(y)) / math.sqrt(2)  # point-to-point noise; a trend barely adds to it
     if not (fall > CLEAR_NOISE * noise and fall > CLEAR_FALL * abs(top)):
-        return y, False  # no clear fall: nothing to call a blow-up relative to (a trained model only rises)
+        # No clear fall (a trained model only rises): a blow-up is a loss BLOW_UP x its starting level
+        # (above it by 3 x its size, for a negative loss), dropped so that its scale cannot swamp the rest.
+        start = float(np.median(y[: 2 * h + 1]))
+        over = np.nonzero(y > start + (BLOW_UP - 1) * max(abs(start), noise))[0]
+        return (y[: int(over[0])], True) if over.size else (y, False)
     # Once it has risen back through the middle of its fall the loss is diverging; dropping that point and
     # everything after keeps the blow-up from bending the smoothing of the bottom.
     cap = float(m[i_min]) + fall / 2

@@ -180,3 +180,25 @@ def test_bad_arguments_are_clear_errors_before_anything_changes():
     with pytest.raises(TypeError, match=r"batch_fn must return a pair \(inputs, target\)"):
         range_test(m, opt, nn.CrossEntropyLoss(), trn, batch_fn=lambda b: b[0])
     assert_same(before, everything(m, opt, trn))
+
+
+def test_accumulate_k_on_batch_b_equals_batch_k_times_b():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+
+    def linear_model():
+        torch.manual_seed(0)
+        return nn.Linear(6, 2)
+
+    def sweep(bs: int, accumulate: int):
+        m = linear_model()
+        dl = DataLoader(TensorDataset(x, y), batch_size=bs)  # equal micro-batches: 96 = 3 x 32 = 12 x 8
+        return range_test(m, torch.optim.SGD(m.parameters(), lr=0.1), nn.CrossEntropyLoss(), dl, val_dl=dl,
+                          num_it=9, accumulate=accumulate, stop_dv=False)
+
+    big, small = sweep(32, 1), sweep(8, 4)
+    assert small.lrs == big.lrs
+    assert small.losses == pytest.approx(big.losses, rel=1e-5)
+    with pytest.raises(ValueError, match="accumulate"):
+        sweep(8, 0)

@@ -61,6 +61,12 @@ FIT = [
     ("compile a number", lambda l, p: l.fit(0.1, 1, compile=1), "compile"),
     ("unknown keyword", lambda l, p: l.fit(0.1, 1, cycle_length=2), "cycle_length"),
     ("metrics not callables", lambda l, p: l.fit(0.1, 1, metrics=[0.5]), "metrics"),
+    # issue 12: a bare "not iterable", and overflows found only during the run
+    ("a single callback, not a list", lambda l, p: l.fit(0.1, 1, callbacks=l.recorder), "callbacks"),
+    ("a single metric, not a list", lambda l, p: l.fit(0.1, 1, metrics=len), "metrics"),
+    ("n_cycle 1030 with cycle_mult 2", lambda l, p: l.fit(0.1, 1030, cycle_len=1, cycle_mult=2), "n_cycle"),
+    ("checkpoint inside a file", lambda l, p: (p / "f").write_text("x") and l.fit(0.1, 1, checkpoint=p / "f" / "c"),
+     "checkpoint"),
 ]
 
 FIT_CYCLIC = [
@@ -77,6 +83,9 @@ FIT_CYCLIC = [
      "max_momentum"),
     ("scale_fn not callable", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, scale_fn=3), "scale_fn"),
     ("unknown on_nan", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, on_nan="skip"), "on_nan"),
+    ("step_size_up 1e308", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, step_size_up=1e308), "step_size_up"),
+    ("step_size_down 1e308", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, step_size_down=1e308), "step_size_down"),
+    ("gamma 1e308", lambda l, p: l.fit_cyclic(1, 0.01, 0.1, mode="exp_range", gamma=1e308), "gamma"),
 ]
 
 FIT_ONE_CYCLE = [
@@ -209,6 +218,10 @@ CLI = [
     ("fit: zero --accumulate", ["fit", "--lr", "0.1", "--accumulate", "0"], "--accumulate"),
     ("fit: unknown --precision", ["fit", "--lr", "0.1", "--precision", "fp8"], "--precision"),
     ("lr-find: negative --end-lr", ["lr-find", "--end-lr", "-1"], "--end-lr"),
+    # issue 12 item 7: these trained to the end, or started, before failing with a traceback
+    ("fit: --out an existing file", ["fit", "--lr", "0.1", "--out", "afile"], "--out"),
+    ("fit: --out inside a file", ["fit", "--lr", "0.1", "--out", "afile/run"], "--out"),
+    ("fit: --checkpoint inside a file", ["fit", "--lr", "0.1", "--checkpoint", "afile/c.ckpt"], "--checkpoint"),
 ]
 
 # These pass the parser and the CLI's checks and reach the library with a learner built: its weights
@@ -238,6 +251,7 @@ def one_line(err: str) -> str:
 @pytest.mark.parametrize("argv, option", [pytest.param(a, o, id=i) for i, a, o in CLI])
 def test_cli_bad_input_exits_2_with_one_line(argv, option, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
     assert cli.main(argv) == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"clrfit {argv[0]}: error: ") and option in line
@@ -267,5 +281,74 @@ def test_cli_library_errors_exit_2_and_change_no_weights(argv, option, tiny_cli_
     assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_device_cuda_without_cuda_is_one_line_exit_2_before_training(tiny_cli_data, tmp_path, capsys, monkeypatch):
+    """Issue 12 item 7: a driver traceback from the first tensor moved."""
+    monkeypatch.chdir(tmp_path)
+    started = []
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **k: started.append(1))
+    assert cli.main(["fit", "--lr", "0.1", "--device", "cuda", "--no-progress"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("clrfit fit: error: ") and "cuda" in line and "CUDA" in line and not started
+
+
+@pytest.mark.parametrize("num_it", [2, 5, 16])
+def test_cli_lr_find_with_a_short_sweep_ends_with_a_plot(num_it, tiny_cli_data, tmp_path, capsys, monkeypatch):
+    """Issue 12: ``--num-it 2..16`` failed after the sweep about ``n_skip``, which is no CLI option."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["lr-find", "--num-it", str(num_it), "--no-progress", "-o", "f.png"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
 def test_there_are_at_least_forty_cases_with_the_cli():
     assert len(CASES) + len(CLI) + len(CLI_LIBRARY) >= 40 and len(CLI) + len(CLI_LIBRARY) >= 10
+
+
+# ---------------------------------------------------------------------- numpy and 0-d torch scalars (issue 12, Done means 4)
+
+import numpy as np  # noqa: E402
+
+
+def as_numpy(v):
+    return np.asarray(v)[()]  # np.int64 / np.float64: the same value
+
+
+def as_torch(v):
+    return torch.tensor(v, dtype=torch.int64 if isinstance(v, int) else torch.float64)
+
+
+# Each case calls the entry point with every numeric argument passed through ``c``.
+SCALARS = [
+    ("fit 1cycle", lambda l, c, p: l.fit(c(0.1), c(1), cycle_len=c(2), cycle_mult=c(1),
+                                         use_clr_beta=(c(10), c(13.68), c(0.95), c(0.85)), wds=c(1e-4),
+                                         accumulate=c(2), checkpoint=p / "a.ckpt", checkpoint_every=c(2))),
+    ("fit SGDR", lambda l, c, p: l.fit(c(0.1), c(2), cycle_len=c(1), cycle_mult=c(2))),
+    ("fit use_clr", lambda l, c, p: l.fit(c(0.1), c(1), cycle_len=c(1), use_clr=(c(10), c(4)))),
+    ("fit lrs per group", lambda l, c, p: l.fit([c(0.1)], c(1), wds=[c(1e-3)], use_wd_sched=True)),
+    ("fit_cyclic", lambda l, c, p: l.fit_cyclic(c(1), c(0.01), c(0.1), step_size_up=c(2), step_size_down=c(3.0),
+                                                mode="exp_range", gamma=c(0.99), base_momentum=c(0.8),
+                                                max_momentum=c(0.9), wds=c(1e-4))),
+    ("fit_one_cycle", lambda l, c, p: l.fit_one_cycle(c(2), c(0.1), pct_start=c(0.25), base_momentum=c(0.85),
+                                                      max_momentum=c(0.95), div_factor=c(25.0),
+                                                      final_div_factor=c(1e4))),
+    ("lr_find", lambda l, c, p: l.lr_find(start_lr=c(1e-5), end_lr=c(10.0))),
+    ("lr_find2", lambda l, c, p: l.lr_find2(start_lr=c(1e-5), end_lr=c(10), num_it=c(12))),
+    ("ModelData.from_tensors", lambda l, c, p: Learner(
+        make_model(), ModelData.from_tensors(X, Y, X, Y, bs=c(4), val_bs=c(8)), progress=False, table=False).fit(
+        c(0.1), c(1))),
+]
+
+
+@pytest.mark.parametrize("call", [pytest.param(c, id=i) for i, c in SCALARS])
+@pytest.mark.parametrize("convert", [as_numpy, as_torch], ids=["numpy", "torch 0-d"])
+def test_numeric_arguments_accept_numpy_and_torch_scalars(call, convert, tmp_path):
+    """The same run as with Python numbers: same lrs, momentums and losses."""
+    runs = []
+    for c in (lambda v: v, convert):
+        learn = make_learner()
+        result = call(learn, c, tmp_path / c.__class__.__name__ / str(len(runs)))
+        rec = learn.sched if not isinstance(result, type(learn.sched)) or result is None else result
+        if isinstance(result, type(learn.sched)):
+            rec = result
+        runs.append((rec.iterations, rec.lrs, rec.momentums, rec.raw_losses))
+    assert runs[0] == runs[1] and runs[0][0]

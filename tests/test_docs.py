@@ -168,11 +168,15 @@ def test_the_public_api_is_about_twenty_names_and_each_resolves():
 def test_api_reference_documents_only_the_api():
     import clrfit
 
+    import types
+
     text = _load("make_api").render()
     sections = re.findall(r"^## (clrfit\S*)", text, re.M)
-    assert sections == ["clrfit", "clrfit.callbacks", "clrfit.datasets", "clrfit.models", "clrfit.schedules"]
+    modules = sorted(n for n in clrfit.__all__ if isinstance(getattr(clrfit, n), types.ModuleType))
+    assert {"datasets", "models", "schedules"} <= set(modules)
+    assert sections == ["clrfit"] + [f"clrfit.{m}" for m in modules]  # one section per exported module, no other
     for name in clrfit.__all__:
-        assert f"`{name}`" in text, name
+        assert (f"## clrfit.{name}" if name in modules else f"`{name}`") in text, name
     for internal in ("ParamScheduler", "ProgressCallback", "format_row", "save_state", "check_number", "build_parser"):
         assert internal not in text, internal
 
@@ -228,3 +232,17 @@ def test_parameters_page_lists_every_cli_option_from_the_parser():
             if action.option_strings and action.help != "==SUPPRESS==" and "-h" not in action.option_strings:
                 assert f"`{action.option_strings[0]}`" in text, (command, action.option_strings)
     assert "`--iterations`" not in text  # the old name of --cycle-iterations is accepted, not advertised
+
+
+@pytest.mark.slow  # as api.md: a docstring edit elsewhere must not block a merge; CI checks it
+def test_parameters_page_is_up_to_date():
+    params = _load("make_parameters")
+    assert (DOCS / "parameters.md").read_text(encoding="utf-8") == params.render(), "run python docs/make_parameters.py"
+
+
+def test_the_fit_signatures_document_every_parameter():
+    """fit, fit_cyclic and fit_one_cycle carry an Args: entry for each parameter (the generator's source)."""
+    params = _load("make_parameters")
+    gaps = [gap for gap in params.missing() if gap.startswith(("learn.fit(", "learn.fit_cyclic(", "learn.fit_one_cycle("))]
+    assert gaps == []
+    assert {title for title, _, _ in params.entry_points()} >= {"learn.fit(lrs, n_cycle, ...)", "Learner(model, data, ...)"}

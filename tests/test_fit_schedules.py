@@ -708,3 +708,25 @@ def test_momentumless_schedules_work_on_optimizer_without_momentum():
     learn.fit(0.1, 1, cycle_len=2, use_clr_beta=(10, 10))
     assert_rel(column(log.lrs, 0), clr_beta_expected(0.1, 10, 10, 10)[0], "lr")
     assert column(log.moms, 0) == [None] * 10
+
+
+def test_numpy_and_0d_tensor_arguments_fit_like_plain_numbers():
+    np = pytest.importorskip("numpy")
+    calls = [
+        (lambda l: l.fit_cyclic(2, 0.001, 0.01, step_size_up=3, base_momentum=0.8),
+         lambda l: l.fit_cyclic(np.int64(2), np.float64(0.001), torch.tensor(0.01, dtype=torch.float64),
+                                step_size_up=torch.tensor(3), base_momentum=np.float64(0.8))),
+        (lambda l: l.fit_one_cycle(2, 0.5, pct_start=0.25),
+         lambda l: l.fit_one_cycle(2, torch.tensor(0.5), pct_start=np.float32(0.25))),
+        (lambda l: l.fit(0.1, 1, cycle_len=2, use_clr=(10, 4, 0.875, 0.75)),
+         lambda l: l.fit(np.float64(0.1), np.int32(1), cycle_len=torch.tensor(2),
+                         use_clr=torch.tensor([10.0, 4.0, 0.875, 0.75]))),
+    ]
+    for plain, odd in calls:
+        logs = []
+        for call in (plain, odd):
+            learn = make_learner(nb=5)
+            log = StepLog(learn.opt)
+            call(learn)
+            logs.append((log.lrs, log.moms))
+        assert logs[0] == logs[1] and len(logs[0][0]) == 10

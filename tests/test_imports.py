@@ -22,7 +22,7 @@ ALLOWED_LAZY = {
     ("__main__", "*"): "python -m clrfit hands over to the CLI",
     ("recorder", "plots"): "matplotlib loads only when a figure is drawn",
     ("lr_finder", "plots"): "matplotlib loads only when a figure is drawn",
-    ("progress", "tqdm.auto"): "tqdm loads only when a bar is shown",
+    ("progress", "tqdm.notebook"): "tqdm's widget bar (IPython, ipywidgets) loads only inside a Jupyter kernel",
     ("datasets", "*"): "optional dataset dependencies (mnist1d, torchvision) load only for the dataset asked for",
     ("schedules", "plots"): "matplotlib loads only when a figure is drawn",
     ("plots", "*"): "IPython is looked up only when a figure is shown in a notebook",

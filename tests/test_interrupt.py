@@ -180,3 +180,29 @@ def test_cli_ctrl_c_then_resume_equals_an_uninterrupted_cli_run(tmp_path, monkey
     reference = torch.load(tmp_path / "reference" / "model.pt", weights_only=True)["model"]
     resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(v, resumed[k]) for k, v in reference.items())
+
+
+IGNORING = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from conftest import make_learner, InterruptAt
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as nohup or a launcher would
+learn = make_learner()
+learn.fit(0.1, 2, callbacks=[InterruptAt(3)])
+assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+print("iterations", learn.iteration)
+"""
+
+
+def test_a_process_ignoring_sigint_keeps_ignoring_it_during_a_fit():
+    """Issue 12: a SIG_IGN SIGINT disposition was overridden by the fit's handler (Ctrl-C then stopped the fit)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", IGNORING, str(tests)], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["iterations", "12"]  # the whole fit ran: the SIGINT was ignored

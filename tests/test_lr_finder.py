@@ -615,3 +615,87 @@ def test_range_test_plot_clips_a_divergence_spike_on_loss_panels():
     # a curve without a spike keeps matplotlib's own limits
     calm = plot_range_test(lrs, [("training loss", [2.0 - i / 60 for i in range(60)])])
     assert calm.axes[0].get_ylim()[1] >= 2.0
+
+
+# --------------------------------------------------------------------------- lr_find under the fit's conditions
+
+
+def small_learner(bs: int, seed: int = 0, **kwargs) -> Learner:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(192, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))  # no BatchNorm: batch size free
+    data = ModelData.from_tensors(x[:160], y[:160], x[160:], y[160:], bs=bs, val_bs=16)
+    return Learner(model, data, progress=False, table=False, **kwargs)
+
+
+@pytest.mark.parametrize("finder", ["lr_find", "lr_find2"])
+def test_accumulate_k_on_batch_b_equals_batch_k_times_b(finder):
+    kwargs = {"end_lr": 1.0}
+    if finder == "lr_find2":
+        kwargs["num_it"] = 12  # across epochs: 5 steps per epoch
+    torch.manual_seed(3)
+    accumulated = small_learner(8)
+    getattr(accumulated, finder)(accumulate=4, **kwargs)
+    torch.manual_seed(3)
+    big = small_learner(32)
+    getattr(big, finder)(**kwargs)
+    a, b = accumulated.sched, big.sched
+    assert len(a.raw_losses) == len(b.raw_losses) == (12 if finder == "lr_find2" else 5)
+    assert a.lrs == pytest.approx(b.lrs, rel=1e-12)
+    assert a.raw_losses == pytest.approx(b.raw_losses, rel=1e-4, abs=1e-6)
+    if finder == "lr_find2":
+        assert a.val_losses == pytest.approx(b.val_losses, rel=1e-4, abs=1e-6)
+    # one sweep step is 4 micro-batches: 20 batches of 8 give 5 steps, not 20
+    assert accumulated.sched.num_it == (12 if finder == "lr_find2" else 5)
+
+
+def test_range_test_step_options_are_checked_before_anything_runs():
+    learn = small_learner(8)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match="accumulate must be"):
+        learn.lr_find2(num_it=10, accumulate=0)
+    with pytest.raises(ValueError, match="accumulate"):
+        learn.lr_find(accumulate=20)  # 20 batches of 8 make 1 step: lr_find needs 2
+    with pytest.raises(TypeError, match="compile must be True, False or a torch.compile backend"):
+        learn.lr_find2(num_it=10, compile=3)
+    with pytest.raises(ValueError, match="n_sweeps must be"):
+        learn.lr_find2(num_it=10, n_sweeps=0)
+    assert all(torch.equal(p, q) for p, q in zip(before, learn.model.parameters()))
+
+
+def test_n_sweeps_runs_restored_sweeps_in_different_data_orders():
+    torch.manual_seed(0)
+    learn = small_learner(16)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    rng = torch.get_rng_state()
+    s = learn.lr_find2(num_it=40, n_sweeps=3)
+    sweeps = learn.sched.sweeps
+    assert len(sweeps) == 3 and learn.sched is sweeps[0] and s is learn.sched.suggestions and s.n_sweeps == 3
+    assert sweeps[0].raw_losses != sweeps[1].raw_losses != sweeps[2].raw_losses  # other data orders
+    assert all(torch.equal(p, q) for p, q in zip(before, learn.model.parameters()))
+    assert torch.equal(torch.get_rng_state(), rng)
+    from clrfit.suggest import combine_sweeps
+
+    again = combine_sweeps([r.suggestions for r in sweeps])
+    assert s.as_dict() == pytest.approx(again.as_dict(), nan_ok=True)
+    # the first sweep is the one a single lr_find2 gives
+    torch.manual_seed(0)
+    one = small_learner(16)
+    one.lr_find2(num_it=40)
+    assert one.sched.raw_losses == pytest.approx(sweeps[0].raw_losses, rel=1e-6)
+
+
+
+
+@pytest.mark.slow  # torch.compile's first call takes seconds even with the eager backend
+def test_compile_option_runs_the_same_sweep():
+    torch.manual_seed(3)
+    plain = small_learner(16)
+    plain.lr_find2(num_it=8, end_lr=1.0)
+    torch.manual_seed(3)
+    compiled = small_learner(16)
+    compiled.lr_find2(num_it=8, end_lr=1.0, compile="eager")  # torch.compile's cheapest backend
+    assert compiled.sched.raw_losses == pytest.approx(plain.sched.raw_losses, rel=1e-5)
+    assert compiled.sched.val_losses == pytest.approx(plain.sched.val_losses, rel=1e-5)

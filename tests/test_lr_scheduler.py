@@ -320,18 +320,25 @@ def test_swalr_takes_over_like_after_torchs_own():
 
 
 def test_builders_take_exactly_the_learners_schedule_arguments():
-    def params(fn, skip):
-        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values() if p.name not in skip]
+    def schedule_params(fn, spec):
+        """``fn``'s parameters that belong to ``spec`` (the fits also take training options), in order."""
+        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values() if p.name in spec.names]
 
-    fit_names = [p.name for p in inspect.signature(Learner.fit).parameters.values()]
-    assert [n for n in fit_names if n in schedules.FIT.names] == list(schedules.FIT.names)
-    learner_fit = {p.name: p.default for p in inspect.signature(Learner.fit).parameters.values()}
-    assert all(learner_fit[p.name] == p.default for p in schedules.FIT.parameters)
-    skip = {"self", "optimizer", "steps_per_epoch", "after_end", "options"}
-    assert params(ScheduleLR.from_fit, skip) == [(p.name, p.default) for p in schedules.FIT.parameters]
-    assert params(ScheduleLR.from_cyclic, skip) == params(Learner.fit_cyclic, skip)
-    assert params(ScheduleLR.from_one_cycle, skip) == params(Learner.fit_one_cycle, skip)
-    assert params(Learner.fit_cyclic, skip)[1:] == [(p.name, p.default) for p in schedules.CYCLIC.parameters]
+    def spec_params(spec):
+        return [(p.name, p.default) for p in spec.parameters]
+
+    for method, builder, spec in [(Learner.fit, ScheduleLR.from_fit, schedules.FIT),
+                                  (Learner.fit_cyclic, ScheduleLR.from_cyclic, schedules.CYCLIC),
+                                  (Learner.fit_one_cycle, ScheduleLR.from_one_cycle, schedules.ONE_CYCLE)]:
+        assert schedule_params(method, spec) == spec_params(spec), method.__name__
+        assert schedule_params(builder, spec) == spec_params(spec), builder.__name__
+    # the builders take nothing else but the optimizer, epochs, steps_per_epoch and after_end
+    for builder, spec, lead in [(ScheduleLR.from_fit, schedules.FIT, ["optimizer"]),
+                                (ScheduleLR.from_cyclic, schedules.CYCLIC, ["optimizer", "epochs"]),
+                                (ScheduleLR.from_one_cycle, schedules.ONE_CYCLE, ["optimizer", "epochs"])]:
+        assert list(inspect.signature(builder).parameters) == [*lead, *spec.names, "steps_per_epoch", "after_end"]
+    for name in ("fit_cyclic", "fit_one_cycle"):
+        assert list(inspect.signature(getattr(Learner, name)).parameters)[1] == "epochs"
     torch_cyclic = inspect.signature(torch.optim.lr_scheduler.CyclicLR).parameters
     for p in schedules.CYCLIC.parameters:
         assert torch_cyclic[p.name].default == p.default or p.default is inspect.Parameter.empty, p.name
@@ -382,7 +389,7 @@ def lrs_of(opt):
      ["after_end", "'raise', 'hold'", "'wrap'"]),
     (lambda o: ScheduleLR.from_fit(o, 0.1, 1, steps_per_epoch=0), ValueError, ["steps_per_epoch", ">= 1", "0"]),
     (lambda o: ScheduleLR.from_fit(o, 0.1, 1), TypeError, ["from_fit", "steps_per_epoch"]),
-    (lambda o: ScheduleLR.from_fit(o, lr=0.1, n_cycle=1, steps_per_epoch=5), TypeError, ["from_fit", "unknown argument(s) 'lr'", "lrs"]),
+    (lambda o: ScheduleLR.from_fit(o, lr=0.1, lrs=0.1, n_cycle=1, steps_per_epoch=5), TypeError, ["from_fit", "lrs=", "lr=", "not both"]),
     (lambda o: ScheduleLR.from_fit(o, [0.1, 0.2, 0.3], 1, steps_per_epoch=5), ValueError, ["lrs", "3 values"]),
     (lambda o: ScheduleLR.from_cyclic(o, 1, 0.01, 0.1, mode="saw", steps_per_epoch=5), ValueError, ["mode", "'saw'"]),
     (lambda o: ScheduleLR.from_one_cycle(o, 0, 0.1, steps_per_epoch=5), ValueError, ["epochs", ">= 1"]),
@@ -433,3 +440,13 @@ def test_tensor_lr_groups_are_filled_in_place():
     run_plain_loop(opt, sched, 3)
     assert opt.param_groups[0]["lr"] is lr_tensor and lr_tensor.item() == pytest.approx(sched.schedule(3)[0][0])
     assert opt.param_groups[0]["betas"][0] == sched.schedule(3)[1][0]
+
+
+def test_the_issue_example_with_lr_equals_lrs():
+    """``from_fit(opt, steps_per_epoch=..., lr=0.8, ...)`` as users write it: ``lr`` is an alias of ``lrs``."""
+    a, b = twin_optimizer(sgd, 1), twin_optimizer(sgd, 1)
+    one = ScheduleLR.from_fit(a, steps_per_epoch=7, lr=0.8, n_cycle=1, cycle_len=10, use_clr_beta=(10, 13.68, 0.95, 0.85))
+    two = ScheduleLR.from_fit(b, 0.8, 1, cycle_len=10, use_clr_beta=(10, 13.68, 0.95, 0.85), steps_per_epoch=7)
+    for _ in range(70):
+        assert lrs_of(a) == lrs_of(b) and [g["momentum"] for g in a.param_groups] == [g["momentum"] for g in b.param_groups]
+        a.step(); b.step(); one.step(); two.step()

@@ -189,6 +189,30 @@ def test_learn_load_with_a_foreign_optimizer_state_rolls_back_the_model(tmp_path
     assert_unchanged(learn, before)
 
 
+@pytest.mark.parametrize("written_with_type", [True, False])
+def test_learn_load_of_an_adam_file_into_an_sgd_learner_is_refused_and_changes_nothing(tmp_path, written_with_type):
+    """Issue 12 item 6: torch would take Adam's param-group keys into the SGD; the next fit then failed on 'momentum'."""
+    adam = make_learner(opt_fn=lambda params, lr: torch.optim.Adam(params, lr=lr))
+    adam.fit(0.01, 1)
+    path = adam.save(tmp_path / "adam.pt")
+    if not written_with_type:  # a file from before the optimizer type was stored: told by the group keys
+        state = torch.load(path, weights_only=True)
+        del state["opt_type"]
+        save_state(state, path)
+    learn = make_learner()
+    learn.fit(0.1, 1)
+    before = snapshot(learn)
+    groups = [dict(g) for g in learn.opt.state_dict()["param_groups"]]
+    with pytest.raises(ValueError, match="adam.pt") as info:
+        learn.load(path)
+    assert "Adam" in str(info.value) or "betas" in str(info.value)
+    assert_unchanged(learn, before)
+    assert learn.opt.state_dict()["param_groups"] == groups and "betas" not in learn.opt.param_groups[0]
+    learn.fit(0.1, 1)  # still trains: nothing of Adam's was taken
+    learn.load(path, with_opt=False)  # the weights alone fit
+    assert all(torch.equal(v, adam.model.state_dict()[k]) for k, v in learn.model.state_dict().items())
+
+
 def test_resume_from_a_bad_file_is_an_error_and_changes_nothing(tmp_path):
     for name, path in bad_files(tmp_path).items():
         learn = make_learner()

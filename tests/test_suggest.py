@@ -93,15 +93,25 @@ def test_clr_bounds_follow_smiths_rule_on_the_dip():
 
 
 def test_clr_max_stops_where_the_curve_turns_ragged():
-    # straight descent from 1e-4 (fall 3 in all); at 1e-2 the loss jumps up by 1/6 of the fall and stays up for
-    # 0.8 decade before falling on: ragged, so max_lr is the best point before the jump, not 90% of the fall
-    y = np.where(X < -4, 3.0, 3.0 - (X + 4) * 0.75)
-    y = np.where(X >= -2, 1.5 + 0.5, y)
-    y = np.where(X >= -1.2, 2.0 - (X + 1.2) * 2.5, y)
-    y = np.where(X >= -0.4, 0.0 + (X + 0.4) * 3, y)
+    # from 3 at 1e-4 down 1 per decade to 1.0 at 1e-2 (2/3 of the fall of 3), then a jump to 1.6 that stays for
+    # 0.8 decade before the loss falls on to 0: ragged, so max_lr is the best point before the jump
+    y = np.where(X < -4, 3.0, 3.0 - (X + 4))
+    y = np.where(X >= -2, 1.6, y)
+    y = np.where(X >= -1.2, 1.6 - (X + 1.2) * 2.5, y)
+    y = np.where(X >= -0.56, (X + 0.56) * 3, y)
     b = suggest_clr_bounds(LRS, y, n_skip=0)
-    assert -2.3 <= math.log10(b.max_lr) <= -1.95
-    assert decades(b.base_lr, 10 ** (-4 + 3 * BASE_FRACTION / 0.75)) <= STEP
+    assert -2.25 <= math.log10(b.max_lr) <= -1.95, b
+    assert decades(b.base_lr, 10 ** (-4 + 3 * BASE_FRACTION)) <= STEP
+
+
+def test_an_early_wobble_followed_by_most_of_the_fall_is_not_ragged():
+    # a sag of 0.8 and a rise back that stays up for a decade, then the real descent of 3.2
+    y = np.where(X < -4, 4.0, 4.0 - 0.8 * (X + 4))
+    y = np.where(X >= -3, 3.2 + 0.6 * np.minimum(X + 3, 1), y)
+    y = np.where(X >= -2, 3.8 - 1.6 * (X + 2), y)
+    y = np.where(X >= -0.5, 1.4 + 10 * (X + 0.5), y)
+    b = suggest_clr_bounds(LRS, y, n_skip=0)
+    assert math.log10(b.max_lr) > -1.0  # near 90% of the whole fall, not at the wobble (-3)
 
 
 def test_a_short_bump_that_the_loss_recovers_from_is_not_ragged():
@@ -222,6 +232,22 @@ def test_a_loss_that_barely_falls_before_rising_has_no_clear_descent():
     actual = shown[: lowest + 1].max() - shown[lowest]
     assert actual <= fall <= 0.0011 and start == pytest.approx(2.3, rel=1e-3)  # "at most": true of the curve
     assert fall < 0.02 * start and np.ptp(y) > 10  # compared with its level, not with the rise after it
+    assert "under 2% of its level" in s.notes["clr_bounds"]
+
+
+def test_a_flat_loss_that_blows_up_is_no_descent_and_the_note_says_why():
+    # a fresh model's validation loss over a short sweep: flat at 2.30, then a blow-up to 7e6
+    lrs = np.logspace(-5, 1, 20)
+    y = np.array([2.3044, 2.3025, 2.303, 2.3049, 2.3046, 2.3041, 2.3042, 2.305, 2.3049, 2.3047, 2.3045, 2.3033,
+                  2.2947, 2.2972, 3.1513, 15.9495, 154.7484, 2107.2692, 340947.7618, 7344434.8702])
+    s = suggest(lrs, y)
+    assert all_nan(s)
+    note = s.notes["valley"]
+    assert "its running median never falls" in note  # true of this curve: a median of 5 stays at 2.30 or above
+    median5 = np.median(np.lib.stride_tricks.sliding_window_view(y[2:16], 5), axis=1)
+    assert np.all(np.diff(median5) >= -0.002)
+    rises = float(re.search(r"rises from lr (\S+) on", note).group(1))
+    assert np.all(y[lrs >= rises] > 2.31) and np.all(y[lrs < rises * 0.9] < 2.31)
 
 
 def test_a_41_percent_fall_before_a_blow_up_is_a_clear_descent():
@@ -481,3 +507,22 @@ def test_combined_sweeps_report_the_median_and_the_spread_over_sweeps():
     assert math.isnan(none.valley) and "in 2 of 3 sweeps: the loss never falls" in none.notes["valley"]
     with pytest.raises(TypeError, match="sweeps must be a non-empty sequence of Suggestions"):
         combine_sweeps([])
+
+
+# --------------------------------------------------------------------------- the demo's choice
+
+
+def test_demo_never_trains_with_a_flagged_suggestion(capsys):
+    from clrfit.cli import _demo_bounds
+
+    good = suggest(*curve("clean", 100, noise=0.02))
+    assert _demo_bounds(good) == (good.clr_bounds.max_lr, good.clr_bounds.div)
+    assert capsys.readouterr().out == ""
+    x = np.linspace(-7, 1, 161)
+    wide = suggest(10**x, 2.3 - 1.8 / (1 + np.exp(-(x + 3) / 1.2)) + np.where(x > -0.5, np.expm1((x + 0.5) * 3), 0))
+    max_lr, div = _demo_bounds(wide)
+    assert (max_lr, div) == (wide.clr_bounds.max_lr, 10.0)
+    out = capsys.readouterr().out
+    assert "flagged" in out and "div=10" in out
+    assert _demo_bounds(suggest(*curve("trained", 100))) == (0.5, 10.0)
+    assert "no trustworthy suggestion" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The thread policy: one thread for small models on CPU, free cores for larger ones, the default elsewhere."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from clrfit import threads
@@ -44,3 +45,27 @@ def test_oversubscription_is_said_only_on_a_busy_machine():
     big = 10 * threads.SMALL_MODEL_PARAMETERS
     assert "torch.set_num_threads(2)" in threads.oversubscription(8, big, "cpu", cores=8, load=6.0)
     assert threads.oversubscription(8, 97_578, "cuda", cores=8, load=8.0) is None
+
+
+def test_the_learner_warns_once_when_the_cpu_threads_exceed_the_free_cores(monkeypatch):
+    from clrfit import learner as learner_module
+    from conftest import make_learner
+
+    monkeypatch.setattr(learner_module, "_warned_threads", False)
+    monkeypatch.setattr(threads, "free_cores", lambda cores=None, load=None: 1)  # a busy machine: one core free
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.warns(RuntimeWarning, match=r"torch uses 2 intra-op threads on CPU but only about 1 .*set_num_threads\(1\)"):
+            make_learner()
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            make_learner()  # once per process
+        torch.set_num_threads(1)
+        monkeypatch.setattr(learner_module, "_warned_threads", False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            make_learner()  # one thread never exceeds the free cores
+    finally:
+        torch.set_num_threads(before)
