@@ -3,8 +3,8 @@
 ``python [-m torch.distributed.run --nproc_per_node=W] tests/elastic_worker.py MODE DIR``
 
 - ``save`` (2 ranks): fits A and C (TensorLoaders) stop themselves at iteration ``STOP_AT``; fit B
-  (DataLoader) writes ``DIR/killme`` at ``STOP_AT`` and sleeps until the test
-  SIGKILLs every rank. Both leave the checkpoint of iteration ``STOP_AT - 1``
+  (DataLoader) writes ``DIR/killme-<rank>`` (its pid) at ``STOP_AT`` and sleeps until
+  the test SIGKILLs every rank. Both leave the checkpoint of iteration ``STOP_AT - 1``
   (``checkpoint_every=4``, mid-epoch) in ``DIR/A.pt``, ``DIR/C.pt`` and ``DIR/B.pt``.
 - ``resume``: resumes the three files on this world size, then runs the three
   fits uninterrupted; rank 0 writes ``DIR/W<W>.pt`` with the six results.
@@ -43,8 +43,8 @@ class StopAt(Callback):
             return
         if self.marker is None:
             raise CancelFitException()
-        if self.learn.is_main_process:
-            self.marker.write_text(str(self.iteration))
+        # Every rank says who it is: torchrun starts ranks in their own sessions, so the test kills each by pid.
+        self.marker.with_name(f"{self.marker.name}-{self.learn.dist.rank}").write_text(str(os.getpid()))
         time.sleep(600)  # the test kills every rank with SIGKILL
 
 

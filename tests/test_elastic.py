@@ -93,6 +93,15 @@ def _command(world: int, *args: str) -> list[str]:
             "--master_addr=127.0.0.1", f"--master_port={port}", str(WORKER), *args]
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, killed but not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
 def _load_worker():
     spec = importlib.util.spec_from_file_location("elastic_worker", WORKER)
     module = importlib.util.module_from_spec(spec)
@@ -108,15 +117,24 @@ def test_save_on_two_ranks_sigkill_resume_on_one_and_three(tmp_path):
     # Two ranks: fits A and C cancel themselves at iteration 9; fit B is SIGKILLed (every rank) at iteration 9.
     proc = subprocess.Popen(_command(2, "save", str(saved)), cwd=ROOT, env=_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    markers = [saved / f"killme-{rank}" for rank in range(2)]
+    pids: list[int] = []
     try:
         deadline = time.monotonic() + 180
-        while not (saved / "killme").exists():
+        while not all(m.exists() and m.read_text() for m in markers):
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the 2-rank run did not reach iteration 9"
             time.sleep(0.2)
+        pids = [int(m.read_text()) for m in markers]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, at once
+        for pid in pids:  # both ranks (torchrun starts each in its own session), then torchrun itself
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in pids)
     worker = _load_worker()
     for name in ("A", "B", "C"):
         ckpt = torch.load(saved / f"{name}.pt", weights_only=False)
