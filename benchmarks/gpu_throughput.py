@@ -11,14 +11,17 @@ hit both alike. Prints images/s per round, the medians and
     python benchmarks/gpu_throughput.py                  # bf16, eager
     python benchmarks/gpu_throughput.py --compile        # bf16, torch.compile (inductor)
     python benchmarks/gpu_throughput.py --train-epochs 5 # then show the super-convergence schedule training
+    python benchmarks/gpu_throughput.py --rounds 0 --train-epochs 5 --json out.json   # training only, numbers saved
 
-Needs a CUDA GPU; exits with a message otherwise.
+Needs a CUDA GPU; exits with a message otherwise. ``--device cpu`` runs the same
+code on the CPU (tiny sizes: a check that the script works, not a measurement).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import functools
+import json
 import platform
 import statistics
 import sys
@@ -97,17 +100,19 @@ def clrfit_learner(dl: DataLoader, device: torch.device):
                    device=device, progress=False, table=False)
 
 
-def timed(fn) -> float:
-    """Seconds ``fn()`` takes on the GPU (synchronised before and after)."""
-    torch.cuda.synchronize()
+def timed(fn, device: torch.device) -> float:
+    """Seconds ``fn()`` takes (the GPU synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def throughput(args: argparse.Namespace, device: torch.device) -> None:
-    """Alternate clrfit and the raw loop; print images/s and the ratio."""
+def throughput(args: argparse.Namespace, device: torch.device) -> dict:
+    """Alternate clrfit and the raw loop; print images/s and the ratio; return the medians."""
     torch.backends.cudnn.benchmark = True
     dl = batch_loader(synthetic_batches(args.batches, args.bs, device))
     images = args.batches * args.bs
@@ -124,13 +129,15 @@ def throughput(args: argparse.Namespace, device: torch.device) -> None:
     for r in range(args.rounds):
         order = (("clrfit", fit_clrfit), ("raw", fit_raw)) if r % 2 == 0 else (("raw", fit_raw), ("clrfit", fit_clrfit))
         for name, fn in order:
-            rates[name].append(images / timed(fn))
+            rates[name].append(images / timed(fn, device))
         print(f"{r:>5} {rates['clrfit'][-1]:>14.0f} {rates['raw'][-1]:>12.0f} {rates['clrfit'][-1] / rates['raw'][-1]:>7.3f}")
     med_clrfit, med_raw = statistics.median(rates["clrfit"]), statistics.median(rates["raw"])
     print(f"median: clrfit {med_clrfit:.0f} img/s, raw {med_raw:.0f} img/s, ratio {med_clrfit / med_raw:.3f} (target >= 0.98)")
+    return {"clrfit_img_s": med_clrfit, "raw_img_s": med_raw, "ratio": med_clrfit / med_raw, "rounds": args.rounds,
+            "round_ratios": [a / b for a, b in zip(rates["clrfit"], rates["raw"])]}
 
 
-def super_convergence(args: argparse.Namespace, device: torch.device) -> None:
+def super_convergence(args: argparse.Namespace, device: torch.device) -> dict:
     """ResNet-56 with ``use_clr_beta=(10, 13.68, 0.95, 0.85)`` for a few epochs: the loss falls, accuracy rises."""
     from clrfit import Learner, ModelData, accuracy
 
@@ -141,6 +148,8 @@ def super_convergence(args: argparse.Namespace, device: torch.device) -> None:
     rec = learn.fit(args.lr, 1, cycle_len=args.train_epochs, use_clr_beta=(10, 13.68, 0.95, 0.85), compile=args.compile)
     print(f"first/last smoothed training loss: {rec.losses[0]:.3f} -> {rec.losses[-1]:.3f}; "
           f"validation accuracy per epoch: {[round(m[0], 3) for m in rec.rec_metrics]}")
+    return {"epochs": args.train_epochs, "first_loss": rec.losses[0], "last_loss": rec.losses[-1],
+            "val_accuracy": [m[0] for m in rec.rec_metrics], "val_losses": rec.val_losses}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,21 +157,32 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bs", type=int, default=512, help="batch size (default 512)")
     parser.add_argument("--batches", type=int, default=40, help="batches per timed fit (default 40)")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating timed rounds (default 6)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating timed rounds (default 6; 0: no timing)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     parser.add_argument("--lr", type=float, default=0.8, help="peak learning rate (default 0.8)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (inductor)")
     parser.add_argument("--train-epochs", type=int, default=0,
                         help="afterwards, train with the super-convergence schedule for this many epochs (default 0: skip)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cuda (default; the measurement) or cpu (only checks that the script runs)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_throughput.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing was measured")
-    print(f"{datetime.date.today()} | {torch.cuda.get_device_name()} | torch {torch.__version__} | "
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or 'unknown'})"
+    print(f"{datetime.date.today()} | {name} | torch {torch.__version__} | "
           f"Python {platform.python_version()} | bs {args.bs} x {args.batches} batches | bf16, channels_last, "
           f"compile={'inductor' if args.compile else 'off'}")
-    throughput(args, torch.device("cuda"))
+    report = {"date": str(datetime.date.today()), "device": name, "torch": torch.__version__,
+              "compile": args.compile, "bs": args.bs, "batches": args.batches}
+    if args.rounds:
+        report["throughput"] = throughput(args, device)
     if args.train_epochs:
-        super_convergence(args, torch.device("cuda"))
+        report["train"] = super_convergence(args, device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":

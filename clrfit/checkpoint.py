@@ -25,6 +25,8 @@ key                    contents
 ``sampler_states``     ``state_dict()`` of samplers that have one (optional key)
 ``per_rank``           under DDP, for every rank: its RNG and loader generator
                        states and callback states (each rank records its own losses)
+``sharded``            under FSDP only: the ``torch.distributed.checkpoint`` folder
+                       holding model and optimizer (``model``/``opt`` are then empty)
 ``callbacks``          ``state_dict()`` of every stateful callback (the recorder's
                        history: lrs, momentums, losses, validation results)
 ``setup``              the fit's arguments, the schedule's own fields (callables
@@ -50,6 +52,8 @@ history, and loads the counters and RNG states into ``learn.state``
 (:class:`clrfit.state.TrainingState`): the loop replays the epoch's data order
 and skips the steps already done, so the resumed run matches an uninterrupted
 one exactly on CPU.
+On another number of ranks it resumes too when the global batch is the same
+(:mod:`clrfit.elastic`; every rank then continues rank 0's random streams).
 
 Divergence: a NaN/inf training loss stops the fit with :class:`DivergenceError`
 (epoch, iteration, lr, momentum). Losses are checked as the recorder reads them
@@ -78,6 +82,8 @@ import torch
 import torch.distributed as dist
 
 from .callback import Callback
+from .elastic import check_world_size, own_state, run_shape
+from .fsdp import load_model_state, model_state, remove_old_shards
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
 from .serialization import (
@@ -315,7 +321,8 @@ class Checkpoint(Callback):
                "sampler_states": samplers, "callbacks": self._callback_states(epochs_done=epoch)}
         state = {
             "clrfit_checkpoint": FORMAT,
-            "model": learn.model.state_dict(), "opt": learn.opt.state_dict(), "precision": learn.precision.state_dict(),
+            **model_state(learn, self.path, iteration),  # FSDP: every rank writes its shards (clrfit.fsdp)
+            "precision": learn.precision.state_dict(),
             "counters": dict(epoch=epoch, batch_index=batch_index, iteration=iteration, cycle=cycle,
                              iter_in_cycle=iter_in_cycle),
             **own,
@@ -324,6 +331,7 @@ class Checkpoint(Callback):
         }
         if learn.is_main_process:
             save_state(state, self.path)
+            remove_old_shards(self.path, state.get("sharded"))
         learn.dist.barrier()
         self.saved_at = (epoch, batch_index, iteration)
         if guard is not None:
@@ -348,14 +356,16 @@ class Checkpoint(Callback):
             warnings.warn(f"resume=True: no checkpoint at {path} yet; starting a fresh fit", stacklevel=2)
             return
         state = read_checkpoint(path)
-        differences = setup_differences(state["setup"], self.setup)
+        # Another world size is honoured when the global batch and order agree (clrfit.elastic); else it is named.
+        differences = setup_differences(*check_world_size(state["setup"], self.setup))
         if differences:
             raise ValueError(
                 f"resume: {path} was written by a different fit; {'; '.join(differences)}. "
                 "Pass the same arguments as the interrupted fit, or resume=False to start over"
             )
-        if state.get("per_rank"):  # each rank continues its own random streams and history
-            state.update(state["per_rank"][learn.dist.rank])
+        own = own_state(state.get("per_rank"), learn.dist.rank, learn.dist.world_size)
+        if own is not None:  # each rank continues its own random streams and history (rank 0's on another world size)
+            state.update(own)
         _apply(learn, state, path, callbacks=True)
         for g, g_state in zip(_generators(learn), state["loader_generators"]):  # count checked in setup
             g.set_state(g_state)
@@ -396,6 +406,7 @@ def run_setup(learn: "Learner", callback_states: dict[str, Any] | None = None) -
         world_size=learn.dist.world_size,
         loader_generators=len(_generators(learn)),
         stateful_callbacks=tuple(sorted(callback_states or {})),
+        **run_shape(learn),
     )
     return setup
 
@@ -516,8 +527,7 @@ def _apply(learn: "Learner", state: dict[str, Any], source: Any, callbacks: bool
     keyed = _keyed_callbacks(learn) if callbacks else []
     snapshot = LearnerSnapshot(learn, everything=False, callbacks=[cb for _, cb in keyed])
     try:
-        learn.model.load_state_dict(state["model"])
-        learn.opt.load_state_dict(state["opt"])
+        load_model_state(learn, state, Path(source))  # a sharded checkpoint is resharded to this run
         learn.precision.load_state_dict(state["precision"])
         for key, cb in keyed:
             if key in state["callbacks"]:

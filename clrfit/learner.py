@@ -33,13 +33,14 @@ from .callback import (
 from .checkpoint import checkpoint_callbacks
 from .data import ModelData
 from .distributed import Stop, stop_kind
+from .fsdp import make_runtime, refuse_sharded
 from .lr_finder import lr_find, lr_find2
 from .metrics import metric_name
 from .precision import resolve_precision
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
-from .runtime import Runtime, compile_backend
+from .runtime import compile_backend
 from .scheduler import ParamScheduler
 from .serialization import load_state, optimizer_mismatch, plain_state, save_state, set_rng_states
 from .state import TrainingState, loader_generators, sigint, start_persistent_workers, stateful_samplers
@@ -113,6 +114,7 @@ class Learner:
         progress: bool = True,
         table: bool = True,
         batch_fn: Callable[[Any], tuple[Any, Any]] | None = None,
+        strategy: str = "ddp",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -130,10 +132,12 @@ class Learner:
                 raise TypeError(f"{name} must be callable or None; got {fn!r}")
         _check_metrics(metrics)
         groups = _param_groups(model, layer_groups)
-        self.runtime = runtime = Runtime(model, device, precision_name, batch_fn)
+        # strategy="fsdp" shards the model with FSDP2 under torchrun (clrfit.fsdp); "ddp" replicates it.
+        self.runtime = runtime = make_runtime(strategy, model, device, precision_name, batch_fn)
         self.dist, self.device, self.precision = runtime.dist, runtime.device, runtime.precision
         self.channels_last = runtime.channels_last
         self.model = runtime.place(model)
+        groups = runtime.regroup(groups)  # FSDP replaces the parameters it shards
         self.data = self.dist.shard_data(data)
         self.crit = crit if crit is not None else nn.CrossEntropyLoss()
         self.metrics = list(metrics or [])
@@ -746,6 +750,7 @@ class Learner:
 
     def save(self, name: str | Path, with_opt: bool = True) -> Path:
         """Write the model (and optimizer) state atomically; returns the path."""
+        refuse_sharded(self, "learn.save")  # FSDP: a plain file would hold rank 0's shards only
         state = {"model": self.model.state_dict()}
         if with_opt:
             state["opt"] = self.opt.state_dict()

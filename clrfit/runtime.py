@@ -53,6 +53,10 @@ class Runtime:
             return model.to(self.device, memory_format=torch.channels_last)
         return model.to(self.device)
 
+    def regroup(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Optimizer param groups for the placed model (unchanged here; FSDP swaps in its sharded parameters)."""
+        return groups
+
     def prepare(self, model: nn.Module) -> None:
         """Build the training model (DDP-wrapped when distributed) for ``model``, already placed."""
         self.model = model

@@ -29,6 +29,7 @@ ALLOWED_LAZY = {
     ("callbacks", "torch.utils.tensorboard"): "the optional tensorboard package loads only for a TensorBoardLogger",
     ("transfer", "torchvision"): "torchvision (seconds to import) loads only to look up a pretrained model's head",
     ("data", "vision"): "torchvision and PIL (seconds to import) load only for ModelData.from_folder / from_csv",
+    ("fsdp", "*"): "torch.distributed.fsdp / .checkpoint take seconds to import: loaded only for strategy='fsdp' or a sharded checkpoint",
 }
 
 
