@@ -169,7 +169,8 @@ class DivergenceGuard(Callback):
         self.checked = len(learn.recorder.raw_losses_)  # a resumed history was checked when it was written
 
     def on_batch_end(self) -> None:
-        self.check_losses()
+        if len(self.learn.recorder.raw_losses_) != self.checked:  # the recorder read losses back this step
+            self.check_losses()
 
     def on_epoch_end(self) -> None:
         self.check_losses()

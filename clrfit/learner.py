@@ -11,7 +11,6 @@ precision, DDP, compile, memory layout) is :class:`clrfit.runtime.Runtime`'s.
 """
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import sys
@@ -41,7 +40,7 @@ from .progress import ProgressCallback
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
 from .runtime import compile_backend
-from .scheduler import ParamScheduler
+from .scheduler import DecoupledWeightDecay, ParamScheduler
 from .serialization import load_state, optimizer_mismatch, plain_state, save_state, set_rng_states
 from .state import TrainingState, loader_generators, sigint, start_persistent_workers, stateful_samplers
 from .suggest import Suggestions
@@ -187,6 +186,7 @@ class Learner:
         self.val_metrics: list[float] = []
         self._metrics = self.metrics
         self.interrupted = self._interrupt_requested = False
+        self._grads_left = True  # a step may have left gradients before this fit
         self.fit_cancelled = False  # a CancelFitException is ending the fit (the checkpoint writer asks)
         self.validate_each_epoch = True
 
@@ -505,7 +505,10 @@ class Learner:
         self._samplers = stateful_samplers((self.data.trn_dl,))
         start_persistent_workers((self.data.trn_dl, self.data.val_dl))
         self.sched = self.recorder = recorder or Recorder()
-        cbs = [ParamScheduler(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult), self.recorder]
+        cbs = [ParamScheduler(schedule, group_wds, use_wd_sched)]
+        if use_wd_sched and group_wds is not None:
+            cbs.append(DecoupledWeightDecay(schedule, group_wds, norm_wds, wds_sched_mult))
+        cbs.append(self.recorder)
         if self.progress or self.table:
             cbs.append(ProgressCallback(bar=self.progress, table=self.table))
         self._run(cbs + self.callbacks + fit_callbacks)
@@ -584,8 +587,8 @@ class Learner:
         if cancel is not None and not isinstance(cancel, cancels):
             raise cancel
 
-    def _scope(self, name: str, body: Callable[[], None], cancels: tuple[type[Exception], ...]) -> None:
-        """Fire ``on_<name>_begin``, run ``body``; fire ``on_<name>_end`` on success or any cancel.
+    def _scope(self, name: str, body: Callable[..., None], cancels: tuple[type[Exception], ...], *args: Any) -> None:
+        """Fire ``on_<name>_begin``, run ``body(*args)``; fire ``on_<name>_end`` on success or any cancel.
 
         ``cancels`` are this scope's cancel and the smaller ones: a CancelBatchException
         raised outside a batch (say in ``on_epoch_begin``) cancels the scope it was raised in.
@@ -593,7 +596,7 @@ class Learner:
         begin, end = ("on_train_begin", None) if name == "train" else (f"on_{name}_begin", f"on_{name}_end")
         try:
             self._fire(begin)
-            body()
+            body(*args)
         except cancels:
             pass
         except _CANCELS as err:
@@ -619,7 +622,7 @@ class Learner:
         for micro_batches in self._epoch_steps():
             self.step_loss = None  # set once the step's forward passes are done: a step cancelled before has no loss
             try:
-                self._scope("batch", functools.partial(self._one_step, micro_batches), _CANCELS[:1])
+                self._scope("batch", self._one_step, _CANCELS[:1], micro_batches)
             except (CancelEpochException, CancelFitException) as cancel:
                 if agree:  # the other ranks stop at this step too
                     self._stop_if_agreed(cancel)
@@ -683,27 +686,34 @@ class Learner:
             _loader_length_warning(dl, "fewer", self.steps_per_epoch, steps)
 
     def _one_step(self, micro_batches: list[Any]) -> None:
-        runtime, model, n = self.runtime, self.train_model, len(micro_batches)
         # A step cancelled or failed after backward left its gradients (the zero_grad below did not run):
         # they must not add to this one, nor to the first step of the next fit.
-        if self.__dict__.get("_grads_left", True):
+        if self._grads_left:
             self.opt.zero_grad(set_to_none=True)
         self._grads_left = True
-        total = None
-        for j, batch in enumerate(micro_batches):
-            self.xb, self.yb = runtime.to_device(batch)
-            with runtime.micro_step(model, last=j == n - 1):
-                self.pred, self.loss = runtime.forward(model, self.xb, self.yb, self.crit)
-                self._fire("on_loss")
-                runtime.backward(self.loss / n if n > 1 else self.loss)
-            loss = self.loss.detach()
-            total = loss if total is None else total + loss
-        self.step_loss = total / n if n > 1 else total
+        n = len(micro_batches)
+        if n == 1:
+            self.step_loss = self._forward_backward(micro_batches[0], 1)
+        else:  # accumulation: the mean of the micro-batches' losses, gradients reduced once (DDP no_sync before)
+            total = None
+            for j, batch in enumerate(micro_batches):
+                with self.runtime.micro_step(self.train_model, last=j == n - 1):
+                    loss = self._forward_backward(batch, n)
+                total = loss if total is None else total + loss
+            self.step_loss = total / n
         self._fire("on_backward_end")
-        runtime.step(self.opt)
+        self.runtime.step(self.opt)
         self._fire("on_step_end")
         self.opt.zero_grad(set_to_none=True)
         self._grads_left = False
+
+    def _forward_backward(self, batch: Any, n: int) -> torch.Tensor:
+        """Forward, loss, ``on_loss`` and backward (of ``loss / n``) of one micro-batch; its loss, detached."""
+        self.xb, self.yb = self.runtime.to_device(batch)
+        self.pred, self.loss = self.runtime.forward(self.train_model, self.xb, self.yb, self.crit)
+        self._fire("on_loss")
+        self.runtime.backward(self.loss / n if n > 1 else self.loss)
+        return self.loss.detach()
 
     def _steps_per_epoch(self, accumulate: int = 1) -> int:
         accumulate = check_int("accumulate", accumulate, minimum=1)

@@ -75,7 +75,7 @@ class Recorder(Callback):
 
     def on_batch_begin(self) -> None:
         groups = self.learn.opt.param_groups
-        self._step = (self.learn.iteration, [float(g["lr"]) for g in groups], [get_momentum(g) for g in groups])
+        self._step = (self.learn.state.iteration, [float(g["lr"]) for g in groups], [get_momentum(g) for g in groups])
 
     def on_batch_end(self) -> None:
         if self.record_step():
@@ -91,7 +91,7 @@ class Recorder(Callback):
         hyper-parameters were read) adds nothing, never a NaN or a repeated loss.
         """
         step, self._step = self._step, None
-        if step is None or self.learn.step_loss is None or step[0] != self.learn.iteration:
+        if step is None or self.learn.step_loss is None or step[0] != self.learn.state.iteration:
             return False
         self.iterations.append(step[0])
         self.group_lrs.append(step[1])
@@ -116,9 +116,13 @@ class Recorder(Callback):
         if not self._pending:
             return
         # Stack on the device and copy once: one host sync per flush, not one per loss.
-        device = self._pending[0].device
-        values = torch.stack([p.detach().float().reshape(()).to(device) for p in self._pending]).cpu().tolist()
-        self._pending = []
+        pending, self._pending = self._pending, []
+        first = pending[0]
+        if all(p.shape == () and p.dtype is first.dtype and p.device == first.device for p in pending):
+            stacked = torch.stack(pending)  # the usual case: 0-d losses of one type on one device
+        else:
+            stacked = torch.stack([p.detach().float().reshape(()).to(first.device) for p in pending])
+        values = stacked.float().cpu().tolist()
         for value in values:
             self.add_loss(value)
 

@@ -44,7 +44,10 @@ class Runtime:
         # A CPU loader already yields CPU tensors: moving them would only cost a call per tensor.
         self._moves = self.device.type != "cpu"
         self._non_blocking = self.device.type == "cuda"
+        # (x, y) CPU tensors on a CPU learner with the default split: returned as they are.
+        self._plain_pairs = batch_fn is None and not self._moves and not self.channels_last
         self._compiled: dict[str, tuple[nn.Module, nn.Module]] = {}
+        self._one = torch.ones((), device=self.device)  # the count's slot in evaluate's row, times n
 
     # ------------------------------------------------------------------ models
     def place(self, model: nn.Module) -> nn.Module:
@@ -78,6 +81,10 @@ class Runtime:
 
         The batch is split by :func:`split_batch` (or the learner's ``batch_fn``).
         """
+        if self._plain_pairs and type(batch) in _PAIRS and len(batch) == 2:  # the common case, checked cheaply
+            xb, yb = batch
+            if type(xb) is torch.Tensor and type(yb) is torch.Tensor and xb.is_cpu and yb.is_cpu:
+                return xb, yb
         xb, yb = self.split(batch)
         if self.channels_last and isinstance(xb, torch.Tensor) and xb.ndim == 4:
             return (xb.to(self.device, non_blocking=self._non_blocking, memory_format=torch.channels_last),
@@ -104,11 +111,17 @@ class Runtime:
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward pass (scaled under fp16)."""
-        self.precision.backward(loss)
+        if self.precision.scaler is None:
+            loss.backward()
+        else:
+            self.precision.backward(loss)
 
     def step(self, opt: torch.optim.Optimizer) -> None:
         """``opt.step()`` (through the fp16 gradient scaler when there is one)."""
-        self.precision.step(opt)
+        if self.precision.scaler is None:
+            opt.step()
+        else:
+            self.precision.step(opt)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch: Any, crit: Callable, metrics: Sequence[Callable]) -> torch.Tensor:
@@ -121,11 +134,13 @@ class Runtime:
         xb, yb = self.to_device(batch)
         pred, loss = self.forward(model, xb, yb, crit)
         n = float(batch_size(xb, yb))
-        values = [loss.detach().double().reshape(()) * n, torch.full((), n, device=self.device, dtype=torch.float64)]
+        values = [loss.detach().reshape(()), self._one]
         if metrics:
             out = pred.float() if isinstance(pred, torch.Tensor) else pred  # metrics receive what the loss receives
-            values += [torch.as_tensor(m(out, yb), device=self.device).double().reshape(()) * n for m in metrics]
-        return torch.stack(values)
+            values += [torch.as_tensor(m(out, yb), device=self.device).reshape(()) for m in metrics]
+        if any(v.dtype != torch.float32 for v in values):  # one type for the stack, no rounding on the way
+            values = [v.double() for v in values]
+        return torch.stack(values).double() * n
 
     def __repr__(self) -> str:
         return f"Runtime(device={self.device}, precision={self.precision.name!r}, world_size={self.dist.world_size})"
@@ -151,6 +166,7 @@ def resolve_device(device: str | torch.device | None, local_rank: int) -> torch.
     return resolved
 
 
+_PAIRS = (tuple, list)
 _TARGET_KEYS = ("labels", "label", "target", "targets", "y")
 
 

@@ -4,7 +4,7 @@ At the start of every optimizer step it evaluates ``schedule(learn.iteration)``
 and writes each group's lr and, when the schedule has one, momentum (``momentum``
 or ``betas[0]``). It also applies weight decay: L2 through the groups'
 ``weight_decay`` by default, or, with ``decoupled=True`` (``use_wd_sched``),
-``p -= wd_t * lr_t * p`` just before the optimizer step.
+``p -= wd_t * lr_t * p`` just before the optimizer step (:class:`DecoupledWeightDecay`, present only then).
 """
 from __future__ import annotations
 
@@ -14,29 +14,19 @@ from typing import Callable, Sequence
 import torch
 
 from .callback import Callback
-from .optim import momentum_key, set_momentum
+from .optim import momentum_key
 from .schedules import Schedule
 
 
 class ParamScheduler(Callback):
-    """Writes ``schedule(iteration)`` into the param groups before each step."""
+    """Writes ``schedule(iteration)`` into the param groups before each step; sets L2 weight decay once."""
 
     order = 10
 
-    def __init__(
-        self,
-        schedule: Schedule,
-        wds: Sequence[float] | None = None,
-        decoupled: bool = False,
-        norm_wds: bool = False,
-        wds_sched_mult: Callable[..., float] | None = None,
-    ) -> None:
+    def __init__(self, schedule: Schedule, wds: Sequence[float] | None = None, decoupled: bool = False) -> None:
         self.schedule = schedule
         self.wds = None if wds is None else tuple(wds)
         self.decoupled = decoupled
-        self.norm_wds = norm_wds
-        self.wds_sched_mult = wds_sched_mult
-        self.current_wds: list[float] | None = None
 
     def check(self, opt: torch.optim.Optimizer) -> None:
         """Raise ``ValueError`` if ``opt`` cannot take this schedule (called before any step)."""
@@ -68,20 +58,43 @@ class ParamScheduler(Callback):
                     group["weight_decay"] = wd
                 elif "weight_decay" in group:
                     group["weight_decay"] = 0.0
+        # Where each group keeps its momentum, looked up once: the step only writes values.
+        self._betas = [momentum_key(g) == "betas" for g in self.learn.opt.param_groups]
 
     def on_batch_begin(self) -> None:
-        learn = self.learn
-        t = learn.iteration
-        learn.cycle, learn.iter_in_cycle = self.schedule.position(t)
+        state, groups = self.learn.state, self.learn.opt.param_groups
+        t = state.iteration
+        state.cycle, state.iter_in_cycle = self.schedule.position(t)
         lrs, moms = self.schedule(t)
-        for i, group in enumerate(learn.opt.param_groups):
-            group["lr"] = lrs[i]
-            if moms is not None:
-                set_momentum(group, moms[i])
-        if self.wds is not None and self.decoupled:
-            self.current_wds = self._decoupled_wds()
+        for group, lr in zip(groups, lrs):
+            group["lr"] = lr
+        if moms is not None:
+            for group, mom, betas in zip(groups, moms, self._betas):
+                if betas:
+                    group["betas"] = (mom, *tuple(group["betas"])[1:])
+                else:
+                    group["momentum"] = mom
 
-    def _decoupled_wds(self) -> list[float]:
+
+class DecoupledWeightDecay(Callback):
+    """``use_wd_sched=True``: ``p -= wd_t * lr_t * p`` for every parameter with a gradient, just before the step.
+
+    ``wd_t`` is the group's ``wds`` value, divided by the square root of the
+    current cycle's length with ``norm_wds`` and multiplied by
+    ``wds_sched_mult(learn)`` when given; ``lr_t`` is the group's lr this step.
+    """
+
+    order = 10  # with the schedule, before the recorder
+
+    def __init__(self, schedule: Schedule, wds: Sequence[float], norm_wds: bool = False,
+                 wds_sched_mult: Callable[..., float] | None = None) -> None:
+        self.schedule = schedule
+        self.wds = tuple(wds)
+        self.norm_wds = norm_wds
+        self.wds_sched_mult = wds_sched_mult
+        self.current_wds: list[float] | None = None
+
+    def on_batch_begin(self) -> None:
         wds = list(self.wds)
         if self.norm_wds:
             scale = math.sqrt(self.schedule.cycle_iterations(self.learn.iteration))
@@ -89,7 +102,7 @@ class ParamScheduler(Callback):
         if self.wds_sched_mult is not None:
             mult = float(self.wds_sched_mult(self.learn))
             wds = [wd * mult for wd in wds]
-        return wds
+        self.current_wds = wds
 
     @torch.no_grad()
     def on_backward_end(self) -> None:
