@@ -19,9 +19,9 @@ from torch import nn
 
 from .data import ModelData
 from .learner import Learner
-from .lr_finder import RangeTestRecorder, _check_sweep, _range_test, lr_find2
+from .lr_finder import RangeTestRecorder, _check_sweep, _range_test
 from .schedules import LRSweep
-from .validation import check_bool, check_int
+from .validation import ArgumentError, check_bool, check_int
 
 
 def range_test(
@@ -74,8 +74,9 @@ def range_test(
     own = {id(p) for p in model.parameters()}
     foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
     if foreign:
-        raise ValueError(f"optimizer: {foreign} of its parameters are not parameters of model; "
-                         "the range test restores only what the model holds, so pass the optimizer of this model")
+        raise ArgumentError("optimizer", f"{{optimizer}}: {foreign} of its parameters are not parameters of {{model}}; "
+                                         "the range test restores only what the model holds, so pass the optimizer of "
+                                         "this model")
     num_it = check_int("num_it", num_it, minimum=2)
     stop_dv = check_bool("stop_dv", stop_dv)
     accumulate = check_int("accumulate", accumulate, minimum=1)
@@ -84,8 +85,8 @@ def range_test(
     learn = Learner(model, ModelData(train_dl, val_dl), opt_fn=lambda groups, lr: optimizer, crit=loss_fn,
                     metrics=metrics, device=device, progress=False, table=False, batch_fn=batch_fn)
     if val_dl is not None:
-        lr_find2(learn, start_lr=start_lr, end_lr=end_lr, num_it=num_it, linear=linear, stop_dv=stop_dv,
-                 accumulate=accumulate)
+        learn.lr_find2(start_lr=start_lr, end_lr=end_lr, num_it=num_it, linear=linear, stop_dv=stop_dv,
+                       accumulate=accumulate)
     else:
         start_lrs, end_lr, linear = _check_sweep(learn, start_lr, end_lr, linear)
         n_epochs = math.ceil(num_it / learn._steps_per_epoch(accumulate))

@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 from .callback import Callback, CancelFitException
 from .lr_finder import RangeTestRecorder
 from .serialization import load_state, save_state
-from .validation import check_bool, check_choice, check_int, check_number
+from .validation import MONITOR_MODES as MODES  # the name this module has always exported
+from .validation import ArgumentError, check_bool, check_choice, check_int, check_number, escape
 
-MODES = ("min", "max", "auto")
 _MAXIMISED = ("acc", "f1", "auc", "precision", "recall", "iou", "dice")
 
 
@@ -78,15 +78,15 @@ class _Monitor(_Resumable):
         self.best_epoch = -1
 
     def check_monitor(self) -> None:
-        """``ValueError`` unless the fit records ``monitor`` every epoch."""
+        """``ArgumentError`` (a ``ValueError``) naming ``monitor`` unless the fit records it every epoch."""
         learn, name = self.learn, type(self).__name__
         allowed = ["val_loss", *learn.metric_names]
         if self.monitor not in allowed:
-            raise ValueError(f"{name}: monitor={self.monitor!r} is not a recorded metric; allowed: "
-                             f"{', '.join(repr(a) for a in allowed)}")
+            raise ArgumentError("monitor", f"{name}: {{monitor}}={escape(repr(self.monitor))} is not a recorded "
+                                           f"metric; allowed: {escape(', '.join(repr(a) for a in allowed))}")
         if learn.data.val_dl is None or not learn.validate_each_epoch:
-            raise ValueError(f"{name}: monitor={self.monitor!r} needs a validation pass every epoch, but this fit "
-                             "has none (no val_dl, or validate=False)")
+            raise ArgumentError("monitor", f"{name}: {{monitor}}={escape(repr(self.monitor))} needs a validation "
+                                           "pass every epoch, but this fit has none (no val_dl, or validate=False)")
 
     def current(self) -> float | None:
         """This epoch's value of ``monitor`` (None when validation did not run)."""

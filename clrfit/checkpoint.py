@@ -68,12 +68,7 @@ turns the check off.
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import functools
-import hashlib
 import math
-import numbers
-import types
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +81,7 @@ from .elastic import check_world_size, own_state, run_shape
 from .fsdp import load_model_state, model_state, remove_old_shards
 from .recorder import Recorder
 from .rollback import LearnerSnapshot
+from .schedules import plain
 from .serialization import (
     FORMAT,
     KEYS,
@@ -98,15 +94,16 @@ from .serialization import (
     set_rng_states,
 )
 from .state import COUNTERS, loader_generators, stateful_samplers
-from .validation import check_bool, check_choice, check_int, fail
+from .validation import ON_NAN, ArgumentError, check_bool, check_choice, check_int, escape, fail
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
 
 __all__ = ["CHECK_EVERY", "COUNTERS", "Checkpoint", "DivergenceError", "DivergenceGuard", "FORMAT", "KEYS",
-           "checkpoint_callbacks", "read_checkpoint", "run_setup", "schedule_fields", "setup_differences"]
+           "checkpoint_callbacks", "read_checkpoint", "run_setup", "setup_differences"]
 
-ON_NAN = ("raise", "restore", "ignore")
+#: The ``on_nan`` values that add a guard ("ignore" adds none).
+_GUARDED = tuple(choice for choice in ON_NAN if choice != "ignore")
 #: A non-finite loss is caught at most this many steps after it happened (losses are read back this often).
 CHECK_EVERY = Recorder.flush_every
 
@@ -130,9 +127,10 @@ def checkpoint_callbacks(
     if checkpoint_every is not None:
         checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
     if checkpoint is None and resume:
-        raise ValueError("resume=True needs checkpoint=PATH (the file to resume from)")
+        raise ArgumentError("resume", "{resume}=True needs {checkpoint}=PATH (the file to resume from)")
     if checkpoint is None and checkpoint_every is not None:
-        raise ValueError(f"checkpoint_every={checkpoint_every} needs checkpoint=PATH (where to write)")
+        raise ArgumentError("checkpoint_every",
+                            f"{{checkpoint_every}}={checkpoint_every} needs {{checkpoint}}=PATH (where to write)")
     cbs: list[Callback] = []
     if checkpoint is not None:
         cbs.append(Checkpoint(checkpoint, checkpoint_every, resume))
@@ -156,7 +154,7 @@ class DivergenceGuard(Callback):
     order = 60  # after the recorder (50) and the checkpoint writer (55) in every event
 
     def __init__(self, on_nan: str = "raise") -> None:
-        self.on_nan = check_choice("on_nan", on_nan, ("raise", "restore"))
+        self.on_nan = check_choice("on_nan", on_nan, _GUARDED)
         self.checked = 0  # recorded losses already checked
         self.start: LearnerSnapshot | None = None
 
@@ -238,10 +236,10 @@ class Checkpoint(Callback):
         if not isinstance(path, (str, Path)):
             raise TypeError(f"checkpoint must be a file path (str or pathlib.Path) or None; got {path!r}")
         if str(path) == "" or Path(path).is_dir():
-            raise ValueError(f"checkpoint must be a file path, not a folder or empty; got {str(path)!r}")
+            raise fail("checkpoint", "must be a file path, not a folder or empty", str(path))
         blocking = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:  # found now, not at the first write after an epoch of training
-            raise fail("checkpoint", _escape_braces(f"must be a path in a folder; {str(blocking)!r} is a file"),
+            raise fail("checkpoint", escape(f"must be a path in a folder; {str(blocking)!r} is a file"),
                        str(path))
         self.path = Path(path)
         self._lock: FileLock | None = None
@@ -397,7 +395,7 @@ def run_setup(learn: "Learner", callback_states: dict[str, Any] | None = None) -
         n_samples = None
     setup = {key: plain(value) for key, value in getattr(learn, "fit_args", {}).items()}
     setup.update(
-        schedule=schedule_fields(learn.schedule),
+        schedule=plain(learn.schedule),  # its class and fields; callables by code (schedules.callable_fingerprint)
         steps_per_epoch=learn.steps_per_epoch,
         train_batches=len(learn.data.trn_dl),
         train_samples=n_samples,
@@ -428,83 +426,7 @@ def setup_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 _ADDED_LATER = frozenset({"wds_sched_mult", "metrics"})
 
 
-def schedule_fields(schedule: Any) -> Any:
-    """A schedule as plain values: its class and dataclass fields; callables as ``module.qualname#hash``.
-
-    The hash covers the function's byte code, constants, referenced names,
-    defaults and closure values (never an address), so the same function in a
-    new process compares equal and an edited one does not.
-    """
-    if dataclasses.is_dataclass(schedule) and not isinstance(schedule, type):
-        fields = {f.name: schedule_fields(getattr(schedule, f.name)) for f in dataclasses.fields(schedule)}
-        return {"type": _qualified(type(schedule)), **fields}
-    if isinstance(schedule, (list, tuple)):
-        return tuple(schedule_fields(v) for v in schedule)
-    if isinstance(schedule, dict):
-        return {str(k): schedule_fields(v) for k, v in schedule.items()}
-    if callable(schedule) and not isinstance(schedule, type):
-        return callable_fingerprint(schedule)
-    return plain(schedule)
-
-
-def callable_fingerprint(fn: Any) -> str:
-    """``module.qualname#<16 hex>`` of a function (code, constants, defaults, closure), partial or callable object."""
-    if isinstance(fn, functools.partial):
-        parts = (callable_fingerprint(fn.func), schedule_fields(fn.args), schedule_fields(fn.keywords))
-        return f"partial({parts!r})"
-    func = getattr(fn, "__func__", fn)  # a bound method hashes like its function
-    code = getattr(func, "__code__", None)
-    if code is None:  # a callable object: its class and its attributes
-        attrs = schedule_fields(dict(vars(fn))) if hasattr(fn, "__dict__") else ()
-        return f"{_qualified(type(fn))}{attrs!r}" if attrs else _qualified(type(fn))
-    digest = hashlib.sha256()
-    _hash_code(code, digest)
-    digest.update(repr(schedule_fields(func.__defaults__ or ())).encode())
-    for cell in func.__closure__ or ():
-        try:
-            digest.update(repr(schedule_fields(cell.cell_contents)).encode())
-        except ValueError:  # an empty cell
-            digest.update(b"<empty>")
-    return f"{_qualified(func)}#{digest.hexdigest()[:16]}"
-
-
-def _hash_code(code: types.CodeType, digest: Any) -> None:
-    digest.update(code.co_code)
-    digest.update(repr(code.co_names).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):  # nested functions: their code, not their address
-            _hash_code(const, digest)
-        else:
-            digest.update(repr(const).encode())
-
-
-def _qualified(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
-
-
-def plain(value: Any) -> Any:
-    """A value as plain python (bool, int, float, str, None, tuples): comparable, and safe to load."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
-        items = value.tolist() if hasattr(value, "tolist") else value
-        return tuple(plain(v) for v in items) if isinstance(items, (list, tuple)) else plain(items)
-    if callable(value):
-        return callable_fingerprint(value)
-    return repr(value)
-
-
 # ---------------------------------------------------------------------- helpers
-
-
-def _escape_braces(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _generators(learn: "Learner") -> list[torch.Generator]:

@@ -22,12 +22,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .validation import ANNEAL_STRATEGIES, CYCLIC_MODES, ON_NAN, PRECISIONS, ArgumentError
+from .validation import ANNEAL_STRATEGIES, ARCHS, CYCLIC_MODES, ON_NAN, OPTIMIZERS, PRECISIONS, ArgumentError
 
-# The same names as clrfit.datasets.DATASETS and clrfit.models' architectures
-# (tests/test_cli.py checks they agree); copied so that parsing needs no torch.
+# The same names as clrfit.datasets.DATASETS (tests/test_cli.py checks they agree); copied so that
+# parsing needs no torch.
 DATASETS = ("mnist1d", "cifar10", "mnist", "fashion-mnist")
-ARCHS = ("cnn1d", "resnet20", "resnet56")
 DEFAULT_DEMO_OUT = Path("clrfit-out")
 DEFAULT_FIT_OUT = Path("clrfit-out") / "fit"
 CHECKPOINT_NAME = "checkpoint.ckpt"
@@ -219,7 +218,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                                   "with --data-folder a torchvision classifier such as resnet18 (the default)")
     _folder_options(p)
     p.add_argument("--bs", type=_positive_int, default=128, help="batch size (default 128)")
-    p.add_argument("--opt", choices=("sgd", "adam", "adamw"), default="sgd", help="optimizer (default SGD, momentum 0.9)")
+    p.add_argument("--opt", choices=OPTIMIZERS, default="sgd", help="optimizer (default SGD, momentum 0.9)")
     p.add_argument("--num-workers", type=_non_negative_int, default=0, help="data loader workers (default 0)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")

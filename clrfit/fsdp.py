@@ -40,19 +40,17 @@ from torch import nn
 
 from .distributed import DistributedContext
 from .runtime import Runtime
+from .validation import STRATEGIES, check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import ModelData
     from .learner import Learner
 
-STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
-
 
 def make_runtime(strategy: str, model: nn.Module, device: str | torch.device | None, precision: str,
                  batch_fn: Callable[[Any], tuple[Any, Any]] | None = None) -> Runtime:
     """The runtime for ``strategy``: ``"ddp"`` (replicate the model, the default) or ``"fsdp"`` (shard it)."""
-    if not isinstance(strategy, str) or strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}; got {strategy!r}")
+    check_choice("strategy", strategy, STRATEGIES)
     kind = FSDPRuntime if strategy == "fsdp" else Runtime
     return kind(model, device, precision, batch_fn)
 

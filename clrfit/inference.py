@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from .distributed import ShardSampler, shard_eval_loader
 from .loaders import TensorLoader
 from .runtime import call_model, move
-from .validation import check_bool, check_int
+from .validation import ArgumentError, check_bool, check_int, escape, fail
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import Loader
@@ -59,7 +59,8 @@ def get_preds(learn: "Learner", dl: "Loader | None" = None, with_loss: bool = Fa
 def predict(learn: "Learner", x: Any) -> torch.Tensor:
     """The model's outputs for one batch ``x`` (a tensor, or whatever the model takes), as a CPU tensor."""
     if isinstance(x, torch.Tensor) and x.ndim == 0:
-        raise ValueError(f"predict: x must be a batch (leading sample dimension); got a 0-d tensor {x!r}")
+        raise ArgumentError("x", f"predict: {{x}} must be a batch (leading sample dimension); got a 0-d tensor "
+                                 f"{escape(repr(x))}")
     with _eval_mode(learn) as model:
         if learn.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
             xb = x.to(learn.device, memory_format=torch.channels_last)
@@ -83,8 +84,9 @@ def tta(learn: "Learner", n: int = 4, dl: "Loader | None" = None, aug_dl: "Loade
     if aug_dl is None:
         aug_dl = getattr(learn.data, "aug_dl", None)
         if aug_dl is None:
-            raise ValueError("tta: the data has no aug_dl (validation images through the training transforms); "
-                             "build it with ModelData.from_folder / from_csv, or pass aug_dl=")
+            raise ArgumentError("aug_dl", "tta: the data has no {aug_dl} (validation images through the training "
+                                          "transforms); build it with ModelData.from_folder / from_csv, or pass "
+                                          "{aug_dl}=")
     elif not isinstance(aug_dl, DataLoader) and not hasattr(aug_dl, "eval_shard"):  # DataLoader or TensorLoader
         raise TypeError(f"aug_dl must be a torch DataLoader, a clrfit TensorLoader or None; got {type(aug_dl).__name__}")
     plain, targets = get_preds(learn, dl)
@@ -93,8 +95,9 @@ def tta(learn: "Learner", n: int = 4, dl: "Loader | None" = None, aug_dl: "Loade
     for _ in range(n):
         aug, aug_targets = get_preds(learn, aug_dl)
         if aug.shape != plain.shape or not torch.equal(aug_targets, targets):
-            raise ValueError("tta: aug_dl must hold the same samples, in the same order, as dl; "
-                             f"got {len(aug_targets)} samples with other targets than the {len(targets)} of dl")
+            raise ArgumentError("aug_dl", "tta: {aug_dl} must hold the same samples, in the same order, as {dl}; "
+                                          f"got {len(aug_targets)} samples with other targets than the "
+                                          f"{len(targets)} of {{dl}}")
         total += aug.softmax(dim=-1)
     return total / (repeats + n), targets
 
@@ -116,7 +119,8 @@ def _loader(learn: "Learner", dl: Any, name: str) -> Any:
     if dl is None:
         dl = learn.data.val_dl
         if dl is None:
-            raise ValueError(f"{name}=None: the data has no validation loader; pass {name}= (a DataLoader)")
+            raise ArgumentError(name, f"{{{name}}}=None: the data has no validation loader; "
+                                      f"pass {{{name}}}= (a DataLoader)")
     elif not isinstance(dl, (DataLoader, TensorLoader)):
         raise TypeError(f"{name} must be a torch DataLoader, a clrfit TensorLoader or None; got {type(dl).__name__}")
     if learn.dist.enabled:
@@ -124,8 +128,8 @@ def _loader(learn: "Learner", dl: Any, name: str) -> Any:
         # Both evaluation shards hold samples rank, rank + W, ...: the order _gather_in_order undoes.
         in_order = dl.indices is not None if isinstance(dl, TensorLoader) else isinstance(dl.sampler, ShardSampler)
         if not in_order:
-            raise ValueError(f"{name}: predictions are gathered in dataset order, which this loader's sharding "
-                             f"({type(dl.sampler).__name__}) does not keep; pass a plain (unshuffled) loader")
+            raise fail(f"{name}:", f"predictions are gathered in dataset order, which this loader's sharding "
+                                   f"({type(dl.sampler).__name__}) does not keep; pass a plain (unshuffled) loader")
     return dl
 
 

@@ -12,7 +12,6 @@ precision, DDP, compile, memory layout) is :class:`clrfit.runtime.Runtime`'s.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import warnings
 from pathlib import Path
@@ -44,9 +43,12 @@ from .scheduler import DecoupledWeightDecay, ParamScheduler
 from .serialization import load_state, optimizer_mismatch, plain_state, save_state, set_rng_states
 from .state import TrainingState, loader_generators, sigint, start_persistent_workers, stateful_samplers
 from .suggest import Suggestions
-from .validation import as_group_values, check_bool, check_choice, check_int
+from .validation import ON_NAN, ArgumentError, as_group_values, check_bool, check_choice, check_int, fail
 
 _CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
+#: The options every fit passes on to :meth:`Learner.train` as they are (each fit's signature spells them out).
+FIT_OPTIONS = ("wds", "callbacks", "metrics", "use_wd_sched", "norm_wds", "wds_sched_mult", "accumulate", "compile",
+               "checkpoint", "checkpoint_every", "resume", "on_nan")
 
 
 def default_opt_fn(params, lr: float = 1e-3) -> torch.optim.Optimizer:
@@ -120,7 +122,8 @@ class Learner:
         if not isinstance(data, ModelData):
             raise TypeError(f"data must be a clrfit.ModelData; got {type(data).__name__}")
         if not any(p.requires_grad for p in model.parameters()):
-            raise ValueError("model has no trainable parameters (requires_grad=True); there is nothing to train")
+            raise ArgumentError("model", "{model} has no trainable parameters (requires_grad=True); "
+                                         "there is nothing to train")
         # Every argument is checked before the model is moved or anything is built.
         precision_name = resolve_precision(fp16, precision)
         check_bool("progress", progress)
@@ -238,16 +241,14 @@ class Learner:
         Returns:
             ``learn.sched``, the fit's :class:`clrfit.Recorder`.
         """
-        group_lrs = as_group_values("lrs", lrs, self.n_groups, positive=True)
+        given = locals()  # every argument by name: the schedule's (schedules.FIT) and the FIT_OPTIONS
+        args = _pick(schedules.FIT.names, given)
+        args["lrs"] = as_group_values("lrs", lrs, self.n_groups, positive=True)
         nb = self._steps_per_epoch(accumulate)
         _check_fit_length(n_cycle, cycle_len, cycle_mult, nb)
-        schedule, n_epochs = schedules.fit_schedule(group_lrs, nb, n_cycle, cycle_len, cycle_mult, use_clr, use_clr_beta)
-        args = dict(kind="fit", lrs=group_lrs, n_cycle=n_cycle, cycle_len=cycle_len, cycle_mult=cycle_mult,
-                    use_clr=_plain(use_clr), use_clr_beta=_plain(use_clr_beta))
-        return self.train(schedule, n_epochs, wds=wds, callbacks=callbacks, metrics=metrics, fit_args=args,
-                          use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
-                          accumulate=accumulate, compile=compile, checkpoint=checkpoint,
-                          checkpoint_every=checkpoint_every, resume=resume, on_nan=on_nan)
+        schedule, n_epochs = schedules.schedule_for("fit", self.n_groups, nb, **args)
+        fit_args = dict(kind="fit", **_plain_args(args))
+        return self.train(schedule, n_epochs, fit_args=fit_args, **_pick(FIT_OPTIONS, given))
 
     def fit_cyclic(
         self,
@@ -308,20 +309,15 @@ class Learner:
         Returns:
             ``learn.sched``, the fit's :class:`clrfit.Recorder`.
         """
+        given = locals()  # every argument by name: the schedule's (schedules.CYCLIC) and the FIT_OPTIONS
         epochs = check_int("epochs", epochs, minimum=1)
-        total = epochs * self._steps_per_epoch(accumulate)
-        _check_cyclic_range(step_size_up, step_size_down, mode, gamma, total)
-        schedule = schedules.cyclic_schedule(
-            self.n_groups, base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn,
-            scale_mode, cycle_momentum, base_momentum, max_momentum, total=total)
-        args = dict(kind="fit_cyclic", epochs=epochs, base_lr=_plain(base_lr), max_lr=_plain(max_lr),
-                    step_size_up=step_size_up, step_size_down=step_size_down, mode=mode, gamma=gamma,
-                    scale_mode=scale_mode, cycle_momentum=cycle_momentum,
-                    base_momentum=_plain(base_momentum), max_momentum=_plain(max_momentum))
-        return self.train(schedule, epochs, wds=wds, callbacks=callbacks, metrics=metrics, fit_args=args,
-                          use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
-                          accumulate=accumulate, compile=compile, checkpoint=checkpoint,
-                          checkpoint_every=checkpoint_every, resume=resume, on_nan=on_nan)
+        steps = self._steps_per_epoch(accumulate)
+        _check_cyclic_range(step_size_up, step_size_down, mode, gamma, epochs * steps)
+        args = _pick(schedules.CYCLIC.names, given)
+        schedule, _ = schedules.schedule_for("fit_cyclic", self.n_groups, steps, epochs, **args)
+        # scale_fn is compared on resume as a field of the schedule (by its code), not as a fit argument
+        fit_args = dict(kind="fit_cyclic", epochs=epochs, **_plain_args(args, leave_out="scale_fn"))
+        return self.train(schedule, epochs, fit_args=fit_args, **_pick(FIT_OPTIONS, given))
 
     def fit_one_cycle(
         self,
@@ -378,19 +374,13 @@ class Learner:
         Returns:
             ``learn.sched``, the fit's :class:`clrfit.Recorder`.
         """
+        given = locals()  # every argument by name: the schedule's (schedules.ONE_CYCLE) and the FIT_OPTIONS
         epochs = check_int("epochs", epochs, minimum=1)
-        total = epochs * self._steps_per_epoch(accumulate)
-        schedule = schedules.one_cycle_schedule(
-            self.n_groups, max_lr, total, pct_start, anneal_strategy, cycle_momentum, base_momentum,
-            max_momentum, div_factor, final_div_factor, three_phase)
-        args = dict(kind="fit_one_cycle", epochs=epochs, max_lr=_plain(max_lr), pct_start=pct_start,
-                    anneal_strategy=anneal_strategy, cycle_momentum=cycle_momentum,
-                    base_momentum=_plain(base_momentum), max_momentum=_plain(max_momentum),
-                    div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase)
-        return self.train(schedule, epochs, wds=wds, callbacks=callbacks, metrics=metrics, fit_args=args,
-                          use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
-                          accumulate=accumulate, compile=compile, checkpoint=checkpoint,
-                          checkpoint_every=checkpoint_every, resume=resume, on_nan=on_nan)
+        steps = self._steps_per_epoch(accumulate)
+        args = _pick(schedules.ONE_CYCLE.names, given)
+        schedule, _ = schedules.schedule_for("fit_one_cycle", self.n_groups, steps, epochs, **args)
+        fit_args = dict(kind="fit_one_cycle", epochs=epochs, **_plain_args(args))
+        return self.train(schedule, epochs, fit_args=fit_args, **_pick(FIT_OPTIONS, given))
 
     def lr_find(
         self,
@@ -839,9 +829,9 @@ def _param_groups(model: nn.Module, layer_groups: Sequence[Any] | None) -> list[
         params = list(group.parameters()) if isinstance(group, nn.Module) else list(group)
         params = [p for p in params if p.requires_grad]
         if not params:
-            raise ValueError(f"layer_groups[{i}] has no trainable parameters")
+            raise fail(f"layer_groups[{i}]", "has no trainable parameters")
         if any(id(p) in seen for p in params):
-            raise ValueError(f"layer_groups[{i}] shares parameters with an earlier group; groups must be disjoint")
+            raise fail(f"layer_groups[{i}]", "shares parameters with an earlier group; groups must be disjoint")
         seen.update(id(p) for p in params)
         groups.append({"params": params})
     return groups
@@ -855,14 +845,15 @@ def _check_options(n_groups: int, wds: Any, use_wd_sched: Any, norm_wds: Any, wd
     check_bool("norm_wds", norm_wds)
     backend = compile_backend(compile)
     check_bool("resume", resume)
-    check_choice("on_nan", on_nan, ("raise", "restore", "ignore"))
+    check_choice("on_nan", on_nan, ON_NAN)
     if wds_sched_mult is not None and not callable(wds_sched_mult):
         raise TypeError(f"wds_sched_mult must be a callable taking the learner; got {wds_sched_mult!r}")
     group_wds = None if wds is None else as_group_values("wds", wds, n_groups, minimum=0.0)
     if (norm_wds or wds_sched_mult is not None) and not use_wd_sched:
-        raise ValueError("norm_wds and wds_sched_mult apply to scheduled weight decay; pass use_wd_sched=True")
+        raise ArgumentError("norm_wds" if norm_wds else "wds_sched_mult",
+                            "{norm_wds} and {wds_sched_mult} apply to scheduled weight decay; pass {use_wd_sched}=True")
     if use_wd_sched and group_wds is None:
-        raise ValueError("use_wd_sched=True needs wds (the weight decay to schedule); got wds=None")
+        raise ArgumentError("use_wd_sched", "{use_wd_sched}=True needs {wds} (the weight decay to schedule); got {wds}=None")
     return accumulate, backend, group_wds
 
 
@@ -915,8 +906,9 @@ def _check_fit_length(n_cycle: Any, cycle_len: Any, cycle_mult: Any, nb: int) ->
     while length * (mult ** (largest + 1) - 1) / (mult - 1) * nb <= MAX_STEPS:
         largest += 1
     if n > largest:
-        raise ValueError(f"n_cycle={n} with cycle_len={cycle_len:g} and cycle_mult={cycle_mult:g} plans more than "
-                         f"2**53 optimizer steps ({nb} per epoch); with these, n_cycle must be in [1, {largest}]")
+        raise ArgumentError("n_cycle", f"{{n_cycle}}={n} with {{cycle_len}}={cycle_len:g} and "
+                                       f"{{cycle_mult}}={cycle_mult:g} plans more than 2**53 optimizer steps "
+                                       f"({nb} per epoch); with these, {{n_cycle}} must be in [1, {largest}]")
 
 
 def _check_cyclic_range(step_size_up: Any, step_size_down: Any, mode: Any, gamma: Any, total: int) -> None:
@@ -924,15 +916,14 @@ def _check_cyclic_range(step_size_up: Any, step_size_down: Any, mode: Any, gamma
     for name, value in (("step_size_up", step_size_up), ("step_size_down", step_size_down)):
         size = _real(value)
         if size is not None and size > MAX_STEPS:
-            raise ValueError(f"{name} must be in (0, 2**53] optimizer steps (larger sizes overflow the cycle "
-                             f"position); got {value!r}")
+            raise fail(name, "must be in (0, 2**53] optimizer steps (larger sizes overflow the cycle position)", value)
     g = _real(gamma)
     if mode == "exp_range" and g is not None and g > 1 and total > 1:
         # lr = base + (max - base) * s * gamma**t: gamma**(total - 1) must stay a finite float.
         limit = math.exp(math.log(sys.float_info.max) / (total - 1)) * (1 - 1e-12)
         if g > limit:
-            raise ValueError(f"gamma={g:g} overflows: gamma**t over the run's {total} steps exceeds the largest "
-                             f"float; gamma must be in (0, {limit:.12g}] for this run")
+            raise ArgumentError("gamma", f"{{gamma}}={g:g} overflows: gamma**t over the run's {total} steps exceeds "
+                                         f"the largest float; {{gamma}} must be in (0, {limit:.12g}] for this run")
 
 
 def _loader_length_warning(dl: Any, kind: str, planned: int, got: int | None = None) -> None:
@@ -956,15 +947,14 @@ def _overrides(cb: Callback, event: str) -> bool:
     return getattr(handler, "__func__", handler) is not getattr(Callback, event)
 
 
-def _plain(value: Any) -> Any:
-    """Arguments as plain, comparable values (tuples of floats) for checkpoints."""
-    if hasattr(value, "tolist"):  # numpy and tensor scalars or arrays (the builders accept them too)
-        value = value.tolist()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0:  # numpy and 0-d torch scalars
-        return float(value)
-    return tuple(float(v) for v in value)
+def _pick(names: Iterable[str], given: dict[str, Any]) -> dict[str, Any]:
+    """``{name: given[name]}`` for ``names``: a fit's schedule arguments or its options, from its ``locals()``."""
+    return {name: given[name] for name in names}
+
+
+def _plain_args(args: dict[str, Any], leave_out: str | None = None) -> dict[str, Any]:
+    """A fit's schedule arguments as plain values (``schedules.plain``), as its checkpoints compare them."""
+    return {name: schedules.plain(value) for name, value in args.items() if name != leave_out}
 
 
 _warned_threads = False

@@ -42,7 +42,7 @@ from .schedules import LRSweep
 from .runtime import compile_backend
 from .state import loader_generators, sigint
 from .suggest import Suggestions, combine_sweeps, end_points, suggest, warmup_points
-from .validation import as_group_values, check_bool, check_int, check_number
+from .validation import ArgumentError, as_group_values, check_bool, check_int, check_number
 
 __all__ = ["LearnerSnapshot", "RangeTestRecorder", "lr_find", "lr_find2", "smooth_curve"]
 
@@ -170,9 +170,10 @@ class RangeTestRecorder(Recorder):
         if defaults and n - n_skip - n_skip_end < 2:  # a short sweep: the default trims would leave no curve
             n_skip = n_skip_end = 0
         if n - n_skip - n_skip_end < 2:
-            raise ValueError(
-                f"n_skip={n_skip} and n_skip_end={n_skip_end} leave {max(n - n_skip - n_skip_end, 0)} of the {n} "
-                "recorded points; at least 2 are needed: lower n_skip / n_skip_end"
+            raise ArgumentError(
+                "n_skip",
+                f"{{n_skip}}={n_skip} and {{n_skip_end}}={n_skip_end} leave {max(n - n_skip - n_skip_end, 0)} of the "
+                f"{n} recorded points; at least 2 are needed: lower {{n_skip}} / {{n_skip_end}}",
             )
         panels = [("training loss" + (" (smoothed)" if smoothed else ""), self.losses if smoothed else self.raw_losses)]
         if self.validates_each_step:
@@ -204,20 +205,22 @@ def smooth_curve(values: Sequence[float], beta: float = SMOOTHING) -> list[float
 
 def lr_find(
     learn: "Learner",
-    start_lr: float | Sequence[float] = 1e-5,
-    end_lr: float = 10,
-    wds: float | Sequence[float] | None = None,
-    linear: bool = False,
-    callbacks: Sequence[Callback] | None = None,
-    metrics: Sequence[Callable] | None = None,
-    accumulate: int = 1,
-    compile: bool | str = False,
+    *,
+    start_lr: float | Sequence[float],
+    end_lr: float,
+    wds: float | Sequence[float] | None,
+    linear: bool,
+    callbacks: Sequence[Callback] | None,
+    metrics: Sequence[Callable] | None,
+    accumulate: int,
+    compile: bool | str,
 ) -> Suggestions:
-    """LR range test over at most one epoch; stops when the loss diverges. Returns the suggestions.
+    """``learn.lr_find``: a sweep over at most one epoch that stops when the loss diverges; returns the suggestions.
 
+    The arguments, their defaults and documentation are :meth:`clrfit.Learner.lr_find`'s.
     ``learn.sched`` then holds the sweep (``learn.sched.plot()``); everything else about
-    the learner is exactly as before. ``accumulate`` and ``compile`` as in ``fit``: one
-    sweep step is ``accumulate`` micro-batches, so the test sees the fit's effective batch.
+    the learner is exactly as before. One sweep step is ``accumulate`` micro-batches, so
+    the test sees the fit's effective batch.
     """
     start_lrs, end_lr, linear = _check_sweep(learn, start_lr, end_lr, linear)
     _check_wds(learn, wds)
@@ -235,20 +238,22 @@ def lr_find(
 
 def lr_find2(
     learn: "Learner",
-    start_lr: float | Sequence[float] = 1e-5,
-    end_lr: float = 10,
-    num_it: int = 100,
-    wds: float | Sequence[float] | None = None,
-    linear: bool = False,
-    stop_dv: bool = True,
-    callbacks: Sequence[Callback] | None = None,
-    metrics: Sequence[Callable] | None = None,
-    accumulate: int = 1,
-    compile: bool | str = False,
-    n_sweeps: int = 1,
+    *,
+    start_lr: float | Sequence[float],
+    end_lr: float,
+    num_it: int,
+    wds: float | Sequence[float] | None,
+    linear: bool,
+    stop_dv: bool,
+    callbacks: Sequence[Callback] | None,
+    metrics: Sequence[Callable] | None,
+    accumulate: int,
+    compile: bool | str,
+    n_sweeps: int,
 ) -> Suggestions:
-    """LR range test over ``num_it`` steps (across epochs), validating on the next validation batch after each step.
+    """``learn.lr_find2``: ``num_it`` sweep steps (across epochs), each followed by the next validation batch.
 
+    The arguments, their defaults and documentation are :meth:`clrfit.Learner.lr_find2`'s.
     ``learn.sched.val_losses`` and ``learn.sched.rec_metrics`` get one entry per step.
     With ``stop_dv=False`` the sweep runs all ``num_it`` steps even if the loss diverges.
     ``accumulate`` and ``compile`` as in ``fit``. ``n_sweeps=k`` runs k sweeps, each from
@@ -313,8 +318,9 @@ def _check_sweep(learn: "Learner", start_lr: Any, end_lr: Any, linear: Any) -> t
     start_lrs = as_group_values("start_lr", start_lr, learn.n_groups, positive=True)
     end_lr = check_number("end_lr", end_lr, minimum=0.0, exclusive_min=True)
     if end_lr <= start_lrs[-1]:
-        which = "start_lr" if len(start_lrs) == 1 else "the last layer group's start_lr"
-        raise ValueError(f"end_lr must be greater than {which} ({start_lrs[-1]:g}); got end_lr={end_lr:g}")
+        which = "{start_lr}" if len(start_lrs) == 1 else "the last layer group's {start_lr}"
+        raise ArgumentError("end_lr", f"{{end_lr}} must be greater than {which} ({start_lrs[-1]:g}); "
+                                      f"got {{end_lr}}={end_lr:g}")
     return start_lrs, end_lr, check_bool("linear", linear)
 
 

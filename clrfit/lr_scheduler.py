@@ -30,9 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from . import schedules
 from .optim import momentum_key, set_momentum
 from .schedules import CYCLIC, EPOCHS, FIT, ONE_CYCLE, Schedule
-from .validation import check_choice, check_int
-
-AFTER_END = ("raise", "hold")
+from .validation import AFTER_END, ArgumentError, check_choice, check_int, escape, fail
 _STATE_KEYS = {"step", "step_count", "after_end", "schedule"}
 
 
@@ -133,21 +131,21 @@ class ScheduleLR(LRScheduler):
         """Go to the saved step, refusing a state saved for another schedule, and write its values."""
         if not isinstance(state_dict, dict) or set(state_dict) != _STATE_KEYS:
             keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
-            raise ValueError(f"state_dict must be a ScheduleLR state with keys {sorted(_STATE_KEYS)}; got {keys}")
+            raise fail("state_dict", escape(f"must be a ScheduleLR state with keys {sorted(_STATE_KEYS)}; got {keys}"))
         step = state_dict["step"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"state_dict['step'] must be an integer >= 0; got {step!r}")
+            raise fail("state_dict['step']", "must be an integer >= 0", step)
         saved, own = state_dict["schedule"], schedules.arguments(self.schedule)
         if saved != own:
             diffs = [f"{k}: {saved.get(k, '<absent>')!r} saved, {own.get(k, '<absent>')!r} here"
                      for k in sorted(set(saved) | set(own)) if saved.get(k, "<absent>") != own.get(k, "<absent>")]
-            raise ValueError(f"state_dict was saved for another schedule ({'; '.join(diffs)}); "
-                             "build the ScheduleLR with the same arguments to resume")
+            raise fail("state_dict", escape(f"was saved for another schedule ({'; '.join(diffs)}); "
+                                            "build the ScheduleLR with the same arguments to resume"))
         after_end = check_choice("state_dict['after_end']", state_dict["after_end"], AFTER_END)
         total = self.schedule.total
         if after_end == "raise" and total is not None and step > total:
-            raise ValueError(f"state_dict['step'] is {step}, past the end of the schedule ({total} steps) "
-                             "with after_end='raise'")
+            raise fail("state_dict['step']", f"is {step}, past the end of the schedule ({total} steps) "
+                                             "with after_end='raise'")
         self.after_end = after_end
         self.last_epoch, self._step_count = step, state_dict["step_count"]
         lrs = self.get_lr()
@@ -170,17 +168,19 @@ def _check_fits(optimizer: torch.optim.Optimizer, schedule: Schedule) -> None:
     lrs, _ = schedule(0)
     n = len(optimizer.param_groups)
     if len(lrs) != n:
-        raise ValueError(
-            f"schedule: it has {len(lrs)} param group value(s) but the optimizer has {n} param group(s); "
-            "build the schedule with one lr per group (the from_* builders read the optimizer's groups)"
+        raise ArgumentError(
+            "schedule",
+            f"{{schedule}}: it has {len(lrs)} param group value(s) but the {{optimizer}} has {n} param group(s); "
+            "build the schedule with one lr per group (the from_* builders read the optimizer's groups)",
         )
     if schedule.has_momentum:
         lacking = [i for i, g in enumerate(optimizer.param_groups) if momentum_key(g) is None]
         if lacking:
-            raise ValueError(
-                f"schedule: it sets momentum but {type(optimizer).__name__} has neither 'momentum' nor 'betas' "
-                f"in param group(s) {lacking}; use an optimizer with momentum (SGD, RMSprop, Adam, AdamW, ...) "
-                "or a schedule without momentum (use_clr with 2 values, cycle_momentum=False)"
+            raise ArgumentError(
+                "schedule",
+                f"{{schedule}}: it sets momentum but {type(optimizer).__name__} has neither 'momentum' nor 'betas' "
+                f"in param group(s) {escape(repr(lacking))}; use an optimizer with momentum (SGD, RMSprop, Adam, "
+                "AdamW, ...) or a schedule without momentum (use_clr with 2 values, cycle_momentum=False)",
             )
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_choice, check_int
+from .validation import ARCHS, ArgumentError, check_choice, check_int, escape, fail
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -61,7 +61,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             if stride != 2:
-                raise ValueError(f"option-A shortcut subsamples by 2; got stride={stride}")
+                raise ArgumentError("stride", f"option-A shortcut subsamples by 2; got {{stride}}={escape(str(stride))}")
             self.shortcut = _ShortcutA(c_out - c_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         depth = check_int("depth", depth, minimum=8)
         if (depth - 2) % 6:
-            raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110, ...); got {depth}")
+            raise fail("depth", "must be 6n + 2 (20, 32, 44, 56, 110, ...)", depth)
         n_classes = check_int("n_classes", n_classes, minimum=1)
         in_channels = check_int("in_channels", in_channels, minimum=1)
         n = (depth - 2) // 6
@@ -113,9 +113,6 @@ def resnet20(n_classes: int = 10, in_channels: int = 3) -> CifarResNet:
 def resnet56(n_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     """ResNet-56 (about 0.85M parameters)."""
     return CifarResNet(56, n_classes, in_channels)
-
-
-ARCHS = ("cnn1d", "resnet20", "resnet56")
 
 
 def get_model(arch: str, n_classes: int = 10, in_channels: int | None = None) -> nn.Module:

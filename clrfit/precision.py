@@ -21,21 +21,18 @@ from typing import Any
 
 import torch
 
-from .validation import check_choice
-
-PRECISIONS = ("fp32", "fp16", "bf16")
+from .validation import PRECISIONS, ArgumentError, check_bool, check_choice
 
 
 def resolve_precision(fp16: bool, precision: str | None) -> str:
     """The precision name from ``Learner``'s ``fp16`` flag and ``precision`` argument."""
-    if not isinstance(fp16, bool):
-        raise TypeError(f"fp16 must be True or False; got {fp16!r}")
+    check_bool("fp16", fp16)
     if precision is not None:
         aliases = {"16": "fp16", "float16": "fp16", "bfloat16": "bf16", "32": "fp32", "float32": "fp32"}
         precision = aliases.get(str(precision), precision)
         check_choice("precision", precision, PRECISIONS)
         if fp16 and precision != "fp16":
-            raise ValueError(f"fp16=True conflicts with precision={precision!r}; pass one of them")
+            raise ArgumentError("precision", f"{{fp16}}=True conflicts with {{precision}}={precision!r}; pass one of them")
         return precision
     return "fp16" if fp16 else "fp32"
 

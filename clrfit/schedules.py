@@ -24,7 +24,9 @@ the fields of :class:`CyclicLR` and :class:`OneCycleLR`; :data:`CYCLIC` and
 :data:`ONE_CYCLE` expose them as an ``inspect.Signature`` and as argument dicts
 for the learner, the builders, :class:`clrfit.ScheduleLR`, checkpoints and the CLI
 (:data:`FIT` does the same for ``learn.fit``'s schedule arguments).
-:func:`arguments` gives any schedule's own arguments as plain, comparable values.
+:func:`arguments` gives any schedule's own arguments as plain, comparable values
+(:func:`plain`, with callables named by :func:`callable_fingerprint`); checkpoints
+compare a fit's arguments and schedule with the same two functions.
 
 Numbers may be Python, numpy or 0-d tensor scalars: every builder turns them into
 Python floats before checking them.
@@ -32,21 +34,23 @@ Python floats before checking them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import math
 import numbers
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .validation import (ANNEAL_STRATEGIES, CYCLIC_MODES, SCALE_MODES, as_group_values, check_bool,
-                         check_choice, check_int, check_number)
+from .validation import FIT_METHODS as METHODS  # the learner methods whose schedule arguments schedule_for takes
+from .validation import (ANNEAL_STRATEGIES, ANNEALS, CYCLIC_MODES, SCALE_MODES, ArgumentError,
+                         ArgumentTypeError, as_group_values, check_bool, check_choice, check_int, check_number,
+                         escape, fail)
 
 GroupValues = tuple[float, ...]
 #: A phase's point: one value for every group (scaled by the schedule) or one value per group.
 Level = float | tuple[float, ...]
-
-ANNEALS = ("constant", "linear", "cos", "exp")
 
 
 # --------------------------------------------------------------------------- phases and their evaluator
@@ -89,7 +93,7 @@ def anneal(kind: str, start: float, end: float, pct: float, angle: float | None 
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct if angle is None else angle) + 1)
     if kind == "exp":
         return start * (end / start) ** pct
-    raise ValueError(f"anneal must be one of {', '.join(map(repr, ANNEALS))}; got {kind!r}")
+    raise ArgumentError("kind", escape(f"anneal must be one of {', '.join(map(repr, ANNEALS))}; got {kind!r}"))
 
 
 def _anneal_level(kind: str, points: tuple[Level, Level], pct: float, angle: float | None) -> float | list[float]:
@@ -165,11 +169,11 @@ class Schedule:
         """Evaluate ``n`` iterations (default: ``total``) without any optimizer."""
         if n is None:
             if self.total is None:
-                raise ValueError("n: this schedule is unbounded; pass the number of iterations to evaluate")
+                raise ArgumentError("n", "{n}: this schedule is unbounded; pass the number of iterations to evaluate")
             n = self.total
         n = check_int("n", _scalar(n), minimum=1)
         if self.total is not None and n > self.total:
-            raise ValueError(f"n must be <= {self.total} (this schedule's iterations); got {n}")
+            raise ArgumentError("n", f"{{n}} must be <= {self.total} (this schedule's iterations); got {n}")
         group_lrs, group_moms = [], []
         for t in range(n):
             lrs, moms = self(t)
@@ -340,7 +344,8 @@ class SGDR(Schedule):
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         if not 0 <= t < self.total:
-            raise ValueError(f"t must be in [0, {self.total - 1}] (the planned {self.n_cycle} cycles); got {t}")
+            raise ArgumentError("t", f"{{t}} must be in [0, {self.total - 1}] (the planned {self.n_cycle} cycles); "
+                                     f"got {escape(str(t))}")
         return super().__call__(t)
 
     def _headline(self) -> str:
@@ -348,10 +353,23 @@ class SGDR(Schedule):
 
 
 class _RepeatedCycle(Schedule):
-    """``n_cycle`` equal cycles of ``cycle_iters`` iterations, with optional ``moms`` (fastai 0.7's use_clr*)."""
+    """``n_cycle`` equal cycles of ``cycle_iters`` iterations, with optional ``moms`` (fastai 0.7's use_clr*).
+
+    A subclass writes one cycle's phase table in :meth:`_cycle`; the table repeats every cycle.
+    """
 
     cycle_iters: int
+    div: float
     moms: tuple[float, float] | None
+
+    def __post_init__(self) -> None:
+        self.total = self.cycle_iters * self.n_cycle
+        self.period = self.cycle_iters
+        self.phases = self._cycle(self.cycle_iters, self.div, None if self.moms is None else tuple(self.moms))
+
+    def _cycle(self, n: int, div: float, mom: tuple[float, float] | None) -> list[Phase]:
+        """The phases of a cycle of ``n`` steps, lr points as multiples of ``lr / div``, momentum points ``mom``."""
+        raise NotImplementedError
 
     @property
     def has_momentum(self) -> bool:
@@ -385,20 +403,16 @@ class CircularLR(_RepeatedCycle):
     moms: tuple[float, float] | None = None
     n_cycle: int = 1
 
-    def __post_init__(self) -> None:
+    def _cycle(self, n: int, div: float, mom: tuple[float, float] | None) -> list[Phase]:
         # fastai 0.7 writes nb // cut_div: with a float cut_div this can be one below floor(N / cut_div)
-        self.peak = int(self.cycle_iters // self.cut_div)
-        if self.peak < 1:
-            raise ValueError(
-                f"use_clr: cut_div={self.cut_div} puts the peak before the first iteration of a "
-                f"{self.cycle_iters}-iteration cycle (N // cut_div must be >= 1); "
-                "lower cut_div or lengthen the cycle"
+        self.peak = c = int(n // self.cut_div)
+        if c < 1:
+            raise ArgumentError(
+                "use_clr",
+                f"{{use_clr}}: cut_div={self.cut_div} puts the peak before the first iteration of a "
+                f"{n}-iteration cycle (N // cut_div must be >= 1); lower cut_div or lengthen the cycle",
             )
-        self.total = self.cycle_iters * self.n_cycle
-        self.period = self.cycle_iters
-        c, n, div = self.peak, self.cycle_iters, self.div
-        mom = None if self.moms is None else tuple(self.moms)
-        self.phases = [
+        return [
             Phase("up", 0, c, c, "linear", (1.0, div), mom, divisor=div),
             Phase("down", c, n, math.inf, "linear", (1.0, div), mom, divisor=div, reverse=True),
         ]
@@ -421,21 +435,17 @@ class OneCycle(_RepeatedCycle):
     moms: tuple[float, float] | None = None
     n_cycle: int = 1
 
-    def __post_init__(self) -> None:
-        self.half = int(self.cycle_iters * (1 - self.pct / 100) / 2)
-        if self.half < 1:
-            raise ValueError(
-                f"use_clr_beta: a {self.cycle_iters}-iteration cycle with pct={self.pct} gives "
-                f"C = int(N * (1 - pct/100) / 2) = {self.half}; C must be >= 1: lengthen the cycle "
-                "(cycle_len, or fewer accumulated batches) or lower pct"
+    def _cycle(self, n: int, div: float, mom: tuple[float, float] | None) -> list[Phase]:
+        self.half = c = int(n * (1 - self.pct / 100) / 2)
+        if c < 1:
+            raise ArgumentError(
+                "use_clr_beta",
+                f"{{use_clr_beta}}: a {n}-iteration cycle with pct={self.pct} gives C = int(N * (1 - pct/100) / 2) "
+                f"= {c}; C must be >= 1: lengthen the cycle (cycle_len, or fewer accumulated batches) or lower pct",
             )
-        self.total = self.cycle_iters * self.n_cycle
-        self.period = self.cycle_iters
-        c, n, div = self.half, self.cycle_iters, self.div
-        mom = None if self.moms is None else tuple(self.moms)
-        held = None if self.moms is None else (self.moms[0], self.moms[0])
+        held = None if mom is None else (mom[0], mom[0])
         # 1 + (0.01 - 1) * a is exactly fastai's 1 - 0.99 * a: 0.01 - 1 rounds to -0.99
-        self.phases = [
+        return [
             Phase("up", 0, c, c, "linear", (1.0, div), mom, divisor=div),
             Phase("down", c, 2 * c, 2 * c, "linear", (1.0, div), mom, divisor=div, reverse=True),
             Phase("annihilation", 2 * c, n, math.inf, "linear", (1.0, 0.01), held, divisor=div),
@@ -614,7 +624,8 @@ class OneCycleLR(Schedule):
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         if not 0 <= t < self.total:
             # torch would extrapolate one step past the end; the contract stops at the last step.
-            raise ValueError(f"t must be in [0, {self.total - 1}] (total_steps={self.total}); got {t}")
+            raise ArgumentError("t", f"{{t}} must be in [0, {self.total - 1}] (total_steps={self.total}); "
+                                     f"got {escape(str(t))}")
         return super().__call__(t)
 
 
@@ -660,9 +671,18 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
-    """A value as plain Python (numbers, str, None, tuples, dicts): comparable and safe for ``weights_only``."""
-    value = _scalar(value)
+def plain(value: Any) -> Any:
+    """A value as plain Python (bool, int, float, str, None, tuples, dicts): comparable, and safe to load.
+
+    Sequences and arrays become tuples; a dataclass instance (a schedule) becomes
+    ``{"type": "module.Class", field: value, ...}``; any other callable its
+    :func:`callable_fingerprint`; anything else its ``repr``. Loadable with
+    ``torch.load(weights_only=True)``: checkpoints store a fit's arguments and
+    schedule this way and compare them on resume.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": _qualified(type(value)),
+                **{f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}}
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, numbers.Integral):
@@ -670,24 +690,53 @@ def _plain(value: Any) -> Any:
     if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "tolist"):
-        return _plain(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):  # numpy and torch values too
+        items = value.tolist() if hasattr(value, "tolist") else value
+        return tuple(plain(v) for v in items) if isinstance(items, (list, tuple)) else plain(items)
     if callable(value):
-        return _callable_name(value)
+        return callable_fingerprint(value)
     return repr(value)
 
 
-def _callable_name(fn: Callable) -> str:
-    """``module.qualname`` plus a digest of a Python function's code, so an edited function compares unequal."""
-    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return name if hasattr(fn, "__qualname__") else repr(fn)
-    digest = hashlib.sha1(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
-    return f"{name}#{digest}"
+def callable_fingerprint(fn: Callable) -> str:
+    """``module.qualname#<16 hex>`` of a function (code, constants, defaults, closure), partial or callable object.
+
+    The hash covers the function's byte code, constants, referenced names,
+    defaults and closure values (never an address), so the same function in a
+    new process compares equal and an edited one does not.
+    """
+    if isinstance(fn, functools.partial):
+        parts = (callable_fingerprint(fn.func), plain(fn.args), plain(fn.keywords))
+        return f"partial({parts!r})"
+    func = getattr(fn, "__func__", fn)  # a bound method hashes like its function
+    code = getattr(func, "__code__", None)
+    if code is None:  # a callable object: its class and its attributes
+        attrs = plain(dict(vars(fn))) if hasattr(fn, "__dict__") else ()
+        return f"{_qualified(type(fn))}{attrs!r}" if attrs else _qualified(type(fn))
+    digest = hashlib.sha256()
+    _hash_code(code, digest)
+    digest.update(repr(plain(func.__defaults__ or ())).encode())
+    for cell in func.__closure__ or ():
+        try:
+            digest.update(repr(plain(cell.cell_contents)).encode())
+        except ValueError:  # an empty cell
+            digest.update(b"<empty>")
+    return f"{_qualified(func)}#{digest.hexdigest()[:16]}"
+
+
+def _hash_code(code: types.CodeType, digest: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):  # nested functions: their code, not their address
+            _hash_code(const, digest)
+        else:
+            digest.update(repr(const).encode())
+
+
+def _qualified(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
 @dataclass(frozen=True)
@@ -754,7 +803,7 @@ class ArgumentSpec:
 
     def arguments(self, schedule: Schedule) -> dict[str, Any]:
         """The arguments a built schedule holds, as plain values."""
-        return {name: _plain(getattr(schedule, name)) for name in self.names}
+        return {name: plain(getattr(schedule, name)) for name in self.names}
 
 
 #: ``torch.optim.lr_scheduler.CyclicLR``'s arguments (``learn.fit_cyclic`` after ``epochs``).
@@ -787,15 +836,14 @@ def arguments(schedule: Schedule) -> dict[str, Any]:
     """A schedule's own arguments as plain values, with its class: what makes two schedules the same.
 
     Dataclass schedules give their fields; any other ``Schedule`` its public
-    attributes. Callables (``scale_fn``) are named by module, qualified name and a
-    digest of their code. Loadable with ``torch.load(weights_only=True)``.
+    attributes. Values are :func:`plain` (callables such as ``scale_fn`` by their
+    :func:`callable_fingerprint`). Loadable with ``torch.load(weights_only=True)``.
     """
-    cls = type(schedule)
-    out: dict[str, Any] = {"schedule": f"{cls.__module__}.{cls.__qualname__}"}
+    out: dict[str, Any] = {"schedule": _qualified(type(schedule))}
     if dataclasses.is_dataclass(schedule):
-        out.update({f.name: _plain(getattr(schedule, f.name)) for f in dataclasses.fields(schedule)})
+        out.update({f.name: plain(getattr(schedule, f.name)) for f in dataclasses.fields(schedule)})
     else:
-        out.update({k: _plain(v) for k, v in sorted(vars(schedule).items()) if not k.startswith("_")})
+        out.update({k: plain(v) for k, v in sorted(vars(schedule).items()) if not k.startswith("_")})
     return out
 
 
@@ -841,13 +889,13 @@ def fit_schedule(
     nb = _integer("nb (steps per epoch)", nb, minimum=1)
     lrs = tuple(float(_scalar(lr)) for lr in lrs)
     if use_clr is not None and use_clr_beta is not None:
-        raise ValueError("use_clr and use_clr_beta: pass at most one of them (got both)")
+        raise ArgumentError("use_clr_beta", "{use_clr} and {use_clr_beta}: pass at most one of them (got both)")
     if cycle_len is None:
         if use_clr is not None or use_clr_beta is not None:
             name = "use_clr" if use_clr is not None else "use_clr_beta"
-            raise ValueError(f"{name} needs cycle_len (epochs per cycle); got cycle_len=None")
+            raise ArgumentError(name, f"{{{name}}} needs {{cycle_len}} (epochs per cycle); got {{cycle_len}}=None")
         if cycle_mult != 1:
-            raise ValueError(f"cycle_mult={cycle_mult} needs cycle_len; got cycle_len=None")
+            raise ArgumentError("cycle_mult", f"{{cycle_mult}}={cycle_mult} needs {{cycle_len}}; got {{cycle_len}}=None")
         return ConstantLR(lrs, total=nb * n_cycle, cycle_iters=nb), n_cycle
     cycle_len = _integer("cycle_len", cycle_len, minimum=1)
     n_epochs = _geometric_epochs(cycle_len, cycle_mult, n_cycle)
@@ -872,9 +920,9 @@ def _check_tuple(name: str, values: Any, allowed: str) -> tuple[float, ...]:
     if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
         values = values.tolist()  # a numpy array or a tensor of the values
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise TypeError(f"{name} must be a tuple {allowed}; got {values!r}")
+        raise fail(name, escape(f"must be a tuple {allowed}"), values, kind=ArgumentTypeError)
     if len(values) not in (2, 4):
-        raise ValueError(f"{name} must have 2 or 4 values {allowed}; got {len(values)}: {tuple(values)!r}")
+        raise fail(name, escape(f"must have 2 or 4 values {allowed}; got {len(values)}: {tuple(values)!r}"))
     return tuple(_number(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
@@ -900,11 +948,11 @@ def cyclic_schedule(n_groups: int, *args: Any, **kwargs: Any) -> CyclicLR:
     if scale_fn is None:
         check_choice("mode", mode, CYCLIC_MODES, extra=" (or pass scale_fn)")
     elif not callable(scale_fn):
-        raise TypeError(f"scale_fn must be callable; got {scale_fn!r}")
+        raise fail("scale_fn", "must be callable", scale_fn, kind=ArgumentTypeError)
     check_choice("scale_mode", a["scale_mode"], SCALE_MODES)
     gamma = _number("gamma", a["gamma"], minimum=0.0, exclusive_min=True)
     cycle_momentum = _flag("cycle_momentum", a["cycle_momentum"])
-    base_m, top_m = _plain(a["base_momentum"]), _plain(a["max_momentum"])  # torch ignores them without cycling
+    base_m, top_m = plain(a["base_momentum"]), plain(a["max_momentum"])  # torch ignores them without cycling
     if cycle_momentum:
         base_m = _group_values("base_momentum", a["base_momentum"], n_groups, minimum=0.0)
         top_m = _group_values("max_momentum", a["max_momentum"], n_groups, minimum=0.0)
@@ -942,9 +990,10 @@ def one_cycle_schedule(n_groups: int, *args: Any, **kwargs: Any) -> OneCycleLR:
         try:
             sched(t)
         except ZeroDivisionError:
-            raise ValueError(
-                f"pct_start={a['pct_start']} with total_steps={total} gives a phase of zero length at step {t}; "
-                "use more steps (epochs) or another pct_start"
+            raise ArgumentError(
+                "pct_start",
+                f"{{pct_start}}={escape(str(a['pct_start']))} with total_steps={total} gives a phase of zero length "
+                f"at step {t}; use more steps (epochs) or another {{pct_start}}",
             ) from None
     return sched
 
@@ -971,10 +1020,6 @@ _TOTAL_STEPS = _P("total", _P.POSITIONAL_OR_KEYWORD, annotation="int")
 cyclic_schedule.__signature__ = CYCLIC.signature([_N_GROUPS], [_TOTAL], return_annotation="CyclicLR")
 one_cycle_schedule.__signature__ = inspect.Signature(
     [_N_GROUPS, ONE_CYCLE.parameters[0], _TOTAL_STEPS, *ONE_CYCLE.parameters[1:]], return_annotation="OneCycleLR")
-
-
-#: The learner methods whose schedule arguments :func:`schedule_for` takes.
-METHODS = ("fit", "fit_cyclic", "fit_one_cycle")
 
 
 def schedule_for(method: str, n_groups: int, steps_per_epoch: int, *args: Any, **kwargs: Any) -> tuple[Schedule, int]:
@@ -1033,19 +1078,20 @@ def preview(
     """
     iterations = _integer("iterations", iterations, minimum=1)
     if cyclic is not None and one_cycle is not None:
-        raise ValueError("cyclic and one_cycle: pass at most one of them (got both)")
+        raise ArgumentError("one_cycle", "{cyclic} and {one_cycle}: pass at most one of them (got both)")
     torch_style = "cyclic" if cyclic is not None else "one_cycle" if one_cycle is not None else None
     if torch_style is None:
         lrs = _preview_lrs(lr)
         schedule, _ = fit_schedule(lrs, iterations, n_cycle, 1, cycle_mult, use_clr, use_clr_beta)
         return schedule.values()
     given = {"use_clr": use_clr, "use_clr_beta": use_clr_beta}
-    extra = [name for name, value in given.items() if value is not None]
-    extra += [f"cycle_mult={cycle_mult!r}"] if cycle_mult != 1 else []
-    extra += [f"n_cycle={n_cycle!r}"] if n_cycle != 1 else []
-    extra += [f"lr={lr!r}"] if lr != 1.0 else []
+    extra = ["{" + name + "}" for name, value in given.items() if value is not None]  # {name}: a template field
+    extra += [f"{{cycle_mult}}={escape(repr(cycle_mult))}"] if cycle_mult != 1 else []
+    extra += [f"{{n_cycle}}={escape(repr(n_cycle))}"] if n_cycle != 1 else []
+    extra += [f"{{lr}}={escape(repr(lr))}"] if lr != 1.0 else []
     if extra:
-        raise ValueError(f"{torch_style}: do not combine it with {', '.join(extra)} (they belong to fit-style schedules)")
+        raise ArgumentError(torch_style, f"{{{torch_style}}}: do not combine it with {', '.join(extra)} "
+                                         "(they belong to fit-style schedules)")
     if torch_style == "cyclic":
         kwargs = _preview_kwargs("cyclic", cyclic, ("epochs", *CYCLIC.names), ("base_lr", "max_lr"))
         build = cyclic_schedule
@@ -1064,13 +1110,13 @@ def _preview_lrs(lr: Any) -> tuple[float, ...]:
 
 def _preview_kwargs(name: str, values: Any, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(values, dict):
-        raise TypeError(f"{name} must be a dict of keyword arguments; got {type(values).__name__}")
+        raise fail(name, f"must be a dict of keyword arguments; got {type(values).__name__}", kind=ArgumentTypeError)
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise TypeError(f"{name}: unknown keys {unknown}; allowed: {', '.join(allowed)}")
+        raise ArgumentTypeError(name, f"{{{name}}}: unknown keys {escape(repr(unknown))}; allowed: {', '.join(allowed)}")
     missing = [k for k in required if k not in values]
     if missing:
-        raise ValueError(f"{name} must hold {' and '.join(map(repr, missing))} (the fit needs them)")
+        raise fail(name, escape(f"must hold {' and '.join(map(repr, missing))} (the fit needs them)"))
     return dict(values)
 
 

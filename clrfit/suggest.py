@@ -56,6 +56,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .validation import ArgumentError, ArgumentTypeError, escape, fail
+
 MIN_POINTS = 8
 WARMUP_MAX = 10
 CLEAR_NOISE = 3.0
@@ -160,7 +162,7 @@ class Suggestions:
     def trusted(self, name: str) -> bool:
         """True when rule ``name`` gave a value with no note (no caution, not unstable): safe to train with."""
         if name not in RULE_NAMES:
-            raise ValueError(f"name must be one of {', '.join(RULE_NAMES)}; got {name!r}")
+            raise fail("name", f"must be one of {', '.join(RULE_NAMES)}", name)
         value = self.clr_bounds.max_lr if name == "clr_bounds" else getattr(self, name)
         return math.isfinite(value) and name not in self.notes
 
@@ -171,7 +173,7 @@ class Suggestions:
         (not unstable); else ``valley`` as a cautious peak with ``div``.
         """
         if not (isinstance(div, (int, float)) and not isinstance(div, bool) and div > 1 and math.isfinite(div)):
-            raise ValueError(f"div must be a finite number > 1; got {div!r}")
+            raise fail("div", "must be a finite number > 1", div)
         b = self.clr_bounds
         if self.trusted("clr_bounds"):
             return b.max_lr, b.div, "clr_bounds"
@@ -384,9 +386,10 @@ def _one_rule(name: str, lrs: Sequence[float], losses: Sequence[float], n_skip: 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}; got {value!r} ({type(value).__name__})")
+        raise fail(name, f"must be an int >= {minimum}; got {escape(repr(value))} ({type(value).__name__})",
+                   kind=ArgumentTypeError)
     if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value}")
+        raise fail(name, f"must be an int >= {minimum}; got {value}")
     return int(value)
 
 
@@ -481,14 +484,15 @@ class _Curve:
         lr = np.asarray(lrs, dtype=np.float64).reshape(-1)
         y = np.asarray(losses, dtype=np.float64).reshape(-1)
         if lr.shape != y.shape:
-            raise ValueError(f"lrs and losses must have the same length; got {lr.size} lrs and {y.size} losses")
+            raise ArgumentError("losses", f"{{lrs}} and {{losses}} must have the same length; got {lr.size} lrs and "
+                                          f"{y.size} losses")
         if not np.all(np.isfinite(lr) & (lr > 0)):
             bad = lr[~(np.isfinite(lr) & (lr > 0))][0]
-            raise ValueError(f"lrs must be finite and > 0 (the lrs of a range-test sweep); got {bad!r}")
+            raise fail("lrs", "must be finite and > 0 (the lrs of a range-test sweep)", bad)
         if np.any(np.diff(lr) <= 0):
             i = int(np.nonzero(np.diff(lr) <= 0)[0][0])
-            raise ValueError(f"lrs must be strictly increasing (the lrs of a range-test sweep); "
-                             f"got lrs[{i}]={lr[i]:.6g} then lrs[{i + 1}]={lr[i + 1]:.6g}")
+            raise ArgumentError("lrs", f"{{lrs}} must be strictly increasing (the lrs of a range-test sweep); "
+                                       f"got {{lrs}}[{i}]={lr[i]:.6g} then {{lrs}}[{i + 1}]={lr[i + 1]:.6g}")
         n_total = lr.size
         skip = warmup_points(n_total) if n_skip is None else _check_int("n_skip", n_skip, 0)
         lr, y = lr[skip:], y[skip:]

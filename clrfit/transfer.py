@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .data import ModelData
-from .validation import check_bool, check_int
+from .validation import ArgumentError, check_bool, check_int, escape
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
@@ -110,8 +110,8 @@ def infer_n_classes(data: ModelData) -> int:
         t = torch.as_tensor(targets)
         if not t.is_floating_point() and t.numel():
             return int(t.max()) + 1
-    raise ValueError("n_classes=None: cannot infer the number of classes from the data (no data.c, dataset.classes "
-                     "or integer targets); pass n_classes=")
+    raise ArgumentError("n_classes", "{n_classes}=None: cannot infer the number of classes from the data (no data.c, "
+                                     "dataset.classes or integer targets); pass {n_classes}=")
 
 
 # ---------------------------------------------------------------------- freezing
@@ -121,8 +121,9 @@ def freeze_to(learn: "Learner", n: int, bn_freeze: bool = False) -> None:
     """Freeze layer groups ``0 .. n-1`` and unfreeze the rest; ``bn_freeze`` keeps frozen BatchNorm in eval mode."""
     groups = learn.opt.param_groups
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(groups):
-        raise ValueError(f"freeze_to: n must be an integer in [0, {len(groups) - 1}] (how many leading layer groups to "
-                         f"freeze; this learner has {len(groups)} groups and the last stays trainable); got {n!r}")
+        raise ArgumentError("n", f"freeze_to: {{n}} must be an integer in [0, {len(groups) - 1}] (how many leading "
+                                 f"layer groups to freeze; this learner has {len(groups)} groups and the last stays "
+                                 f"trainable); got {escape(repr(n))}")
     check_bool("bn_freeze", bn_freeze)
     for i, group in enumerate(groups):
         for p in group["params"]:
@@ -198,10 +199,11 @@ def _find_head(model: nn.Module) -> tuple[nn.Module, str, Callable[[nn.Module], 
         last = len(model.classifier) - 1
         if isinstance(model.classifier[last], nn.Linear):
             return model.classifier, str(last), _split_features
-    raise ValueError(
-        f"model: cannot find the classifier head of a {type(model).__name__}; Learner.from_pretrained knows torchvision's "
-        f"{', '.join(SUPPORTED)}. For another model, replace its head yourself and pass the groups by hand: "
-        "Learner(model, data, layer_groups=[early_body, late_body, head]) (modules or lists of parameters)"
+    raise ArgumentError(
+        "model",
+        f"{{model}}: cannot find the classifier head of a {type(model).__name__}; Learner.from_pretrained knows "
+        f"torchvision's {', '.join(SUPPORTED)}. For another model, replace its head yourself and pass the groups by "
+        "hand: Learner(model, data, layer_groups=[early_body, late_body, head]) (modules or lists of parameters)",
     )
 
 

@@ -18,9 +18,24 @@ from typing import Any, Callable, Iterable, Sequence
 # Choice lists, defined once: the library checks against them and the CLI offers them.
 ON_NAN = ("raise", "restore", "ignore")
 PRECISIONS = ("fp32", "fp16", "bf16")
+STRATEGIES = ("ddp", "fsdp")
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 SCALE_MODES = ("cycle", "iterations")
 ANNEAL_STRATEGIES = ("cos", "linear")
+#: How a schedule phase goes from one point to the next (``clrfit.schedules.Phase``).
+ANNEALS = ("constant", "linear", "cos", "exp")
+#: The learner methods whose schedule arguments ``clrfit.schedules.schedule_for`` takes.
+FIT_METHODS = ("fit", "fit_cyclic", "fit_one_cycle")
+#: What ``ScheduleLR`` does at a ``step()`` past the end of its schedule.
+AFTER_END = ("raise", "hold")
+#: Whether a monitored quantity improves downwards, upwards, or as its name says (``SaveBest``, ``EarlyStopping``).
+MONITOR_MODES = ("min", "max", "auto")
+#: The built-in models (``clrfit.models.get_model``; torchvision names come on top with ``--data-folder``).
+ARCHS = ("cnn1d", "resnet20", "resnet56")
+#: The CLI's ``--opt`` optimizers.
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: ``ModelData.from_folder`` / ``from_csv`` normalisation: the data's own statistics, ImageNet's, or none.
+NORMALIZE = ("data", "imagenet", None)
 
 _NO_VALUE = object()
 _LEADING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -70,12 +85,13 @@ def _field(label: str) -> tuple[str, str]:
     """(parameter name, template) for a label such as ``lrs[1]`` or ``use_clr div``."""
     match = _LEADING_NAME.match(label)
     if match is None:
-        return label, _escape(label)
+        return label, escape(label)
     name = match.group(0)
-    return name, "{" + name + "}" + _escape(label[match.end():])
+    return name, "{" + name + "}" + escape(label[match.end():])
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
+    """``text`` for an :class:`ArgumentError` template: literal braces doubled (values' reprs may hold some)."""
     return text.replace("{", "{{").replace("}", "}}")
 
 
@@ -96,7 +112,7 @@ def check_number(
     """A finite real number within the given bounds; returns it as a float."""
     value = _as_real(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise fail(name, f"must be a number; got {_escape(repr(value))} ({type(value).__name__})",
+        raise fail(name, f"must be a number; got {escape(repr(value))} ({type(value).__name__})",
                    kind=ArgumentTypeError)
     value = float(value)
     if not math.isfinite(value):
@@ -130,7 +146,7 @@ def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | 
     """An integer (floats with an integral value are accepted) within bounds."""
     value = _as_real(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise fail(name, f"must be an integer; got {_escape(repr(value))} ({type(value).__name__})",
+        raise fail(name, f"must be an integer; got {escape(repr(value))} ({type(value).__name__})",
                    kind=ArgumentTypeError)
     if isinstance(value, numbers.Integral):
         value = int(value)
@@ -151,7 +167,7 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any], extra: str = "")
     except TypeError:  # an unhashable or incomparable value is simply not one of them
         known = False
     if not known:
-        raise fail(name, _escape(f"must be one of {', '.join(repr(a) for a in allowed)}{extra}"), value)
+        raise fail(name, escape(f"must be one of {', '.join(repr(a) for a in allowed)}{extra}"), value)
     return value
 
 
@@ -178,7 +194,7 @@ def as_group_values(
     if isinstance(value, Sequence):
         if len(value) != n_groups:
             raise fail(name, f"must be a number or one value per layer group ({n_groups}); "
-                             f"got {len(value)} values: {_escape(repr(list(value)))}")
+                             f"got {len(value)} values: {escape(repr(list(value)))}")
         values = list(value)
     else:
         values = [value] * n_groups

@@ -35,11 +35,11 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from .data import ModelData
-from .validation import check_bool, check_choice, check_int, check_number
+from .validation import (NORMALIZE, ArgumentError, ArgumentTypeError, check_bool, check_choice, check_int,
+                         check_number, escape, fail)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZE = ("data", "imagenet", None)
 #: At most this many training images are read to compute ``normalize="data"`` statistics.
 STATS_IMAGES = 512
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -57,28 +57,32 @@ def image_transforms(size: int, augment: bool, mean: Sequence[float] | None, std
 
 def image_folder_data(
     path: str | Path,
-    train: str = "train",
-    valid: str | None = "valid",
-    size: int = 224,
-    bs: int = 64,
-    augment: bool = True,
-    num_workers: int = 0,
-    valid_pct: float | None = None,
-    seed: int = 0,
-    normalize: str | None = "data",
-    val_bs: int | None = None,
+    *,
+    train: str,
+    valid: str | None,
+    size: int,
+    bs: int,
+    augment: bool,
+    num_workers: int,
+    valid_pct: float | None,
+    seed: int,
+    normalize: str | None,
+    val_bs: int | None,
 ) -> ModelData:
-    """Loaders over ``path/train/<class>/*`` and ``path/valid/<class>/*`` (or a seeded ``valid_pct`` split)."""
+    """``ModelData.from_folder`` (its arguments and defaults): loaders over ``path/train/<class>/*`` and
+    ``path/valid/<class>/*``, or a seeded ``valid_pct`` split of the training folder."""
     root = _existing_folder("path", path)
     size, augment, valid_pct = _check_common(size, bs, augment, num_workers, valid_pct, seed, normalize)
     train_root = _existing_folder("train", root / train)
     valid_root = None if valid is None else root / valid
     if valid_pct is not None and valid_root is not None and valid_root.is_dir():
-        raise ValueError(f"valid_pct={valid_pct} splits the training folder, but {valid_root} exists; "
-                         "pass valid=None to split, or valid_pct=None to use that folder")
+        raise ArgumentError("valid_pct", f"{{valid_pct}}={valid_pct} splits the training folder, but "
+                                         f"{escape(str(valid_root))} exists; pass {{valid}}=None to split, or "
+                                         "{valid_pct}=None to use that folder")
     if valid_pct is None and valid_root is not None and not valid_root.is_dir():
-        raise ValueError(f"valid={valid!r}: no folder {valid_root}; create it, pass valid_pct= (e.g. 0.2) to split "
-                         "the training images, or valid=None for no validation set")
+        raise ArgumentError("valid", f"{{valid}}={escape(repr(valid))}: no folder {escape(str(valid_root))}; "
+                                     "create it, pass {valid_pct}= (e.g. 0.2) to split the training images, or "
+                                     "{valid}=None for no validation set")
     trn_plain = _image_folder(ImageFolder, "train", train_root)
     classes = list(trn_plain.classes)
     val_plain = None
@@ -87,8 +91,9 @@ def image_folder_data(
         if val_plain.classes != classes:
             only_trn = sorted(set(classes) - set(val_plain.classes))
             only_val = sorted(set(val_plain.classes) - set(classes))
-            raise ValueError(f"valid: the class folders of {valid_root} differ from those of {train_root} "
-                             f"(only in train: {only_trn}, only in valid: {only_val}); both need the same class folders")
+            raise fail("valid:", escape(f"the class folders of {valid_root} differ from those of {train_root} (only in "
+                                        f"train: {only_trn}, only in valid: {only_val}); both need the same class "
+                                        "folders"))
 
     mean, std = _normalization(normalize, trn_plain.samples, size)
     trn_tfm, val_tfm = image_transforms(size, augment, mean, std)
@@ -107,29 +112,34 @@ def image_folder_data(
 def csv_image_data(
     path: str | Path,
     csv_file: str | Path,
-    folder: str = ".",
-    size: int = 224,
-    bs: int = 64,
-    augment: bool = True,
-    num_workers: int = 0,
-    valid_pct: float = 0.2,
-    seed: int = 0,
-    normalize: str | None = "data",
-    val_bs: int | None = None,
+    *,
+    folder: str,
+    size: int,
+    bs: int,
+    augment: bool,
+    num_workers: int,
+    valid_pct: float,
+    seed: int,
+    normalize: str | None,
+    val_bs: int | None,
 ) -> ModelData:
-    """Loaders over the images a labels CSV lists (columns ``filename,label``; a header row is skipped).
+    """``ModelData.from_csv`` (its arguments and defaults): the images a labels CSV lists (``filename,label``).
+
+    A header row is skipped.
 
     File names are relative to ``path/folder``; classes are the sorted distinct labels.
     The validation set is a seeded ``valid_pct`` split of the rows.
     """
     root = _existing_folder("path", path)
     if valid_pct is None:
-        raise ValueError("valid_pct=None: a labels CSV has no validation folder; pass valid_pct in (0, 1)")
+        raise ArgumentError("valid_pct", "{valid_pct}=None: a labels CSV has no validation folder; "
+                                         "pass {valid_pct} in (0, 1)")
     size, augment, valid_pct = _check_common(size, bs, augment, num_workers, valid_pct, seed, normalize)
     image_root = _existing_folder("folder", root / folder)
     csv_path = Path(csv_file) if Path(csv_file).is_absolute() else root / csv_file
     if not csv_path.is_file():
-        raise ValueError(f"csv_file={str(csv_file)!r}: no such file {csv_path}")
+        raise ArgumentError("csv_file", f"{{csv_file}}={escape(repr(str(csv_file)))}: "
+                                        f"no such file {escape(str(csv_path))}")
     files, labels = _read_labels(csv_path, image_root)
     classes = sorted(set(labels))
     targets = [classes.index(label) for label in labels]
@@ -162,7 +172,7 @@ class ImageListDataset(Dataset):
 def split_indices(n: int, valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
     """(training indices, validation indices): a seeded permutation, ``round(valid_pct * n)`` held out (1 .. n-1)."""
     if n < 2:
-        raise ValueError(f"valid_pct: a split needs at least 2 images; got {n}")
+        raise fail("valid_pct:", f"a split needs at least 2 images; got {n}")
     n_val = min(max(round(valid_pct * n), 1), n - 1)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[n_val:]), sorted(order[:n_val])
@@ -192,10 +202,10 @@ def _with_transform(ds: Any, transform: Callable) -> Any:
 
 def _existing_folder(name: str, path: Any) -> Path:
     if not isinstance(path, (str, Path)):
-        raise TypeError(f"{name} must be a folder path (str or pathlib.Path); got {path!r}")
+        raise fail(name, "must be a folder path (str or pathlib.Path)", path, kind=ArgumentTypeError)
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"{name}: no such folder {str(path)!r}")
+        raise fail(f"{name}:", escape(f"no such folder {str(path)!r}"))
     return path
 
 
@@ -204,12 +214,12 @@ def _image_folder(image_folder: type, name: str, root: Path):
     try:
         ds = image_folder(str(root))
     except FileNotFoundError as err:
-        raise ValueError(f"{name}: {root} holds no images in class folders ({err}); expected "
-                         f"{root}/<class name>/<image file> with extensions {', '.join(IMAGE_EXTENSIONS)}") from None
+        raise fail(f"{name}:", escape(f"{root} holds no images in class folders ({err}); expected {root}/<class name>/"
+                                      f"<image file> with extensions {', '.join(IMAGE_EXTENSIONS)}")) from None
     try:
         _load_rgb(ds.samples[0][0])
     except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+        raise fail(f"{name}:", escape(str(err))) from None
     return ds
 
 
@@ -227,14 +237,14 @@ def _read_labels(csv_path: Path, image_root: Path) -> tuple[list[str], list[str]
     if rows and [c.strip().lower() for c in rows[0][:2]] in (["filename", "label"], ["file", "label"], ["fname", "label"]):
         rows = rows[1:]
     if not rows:
-        raise ValueError(f"csv_file: {csv_path} lists no images; expected rows 'filename,label'")
+        raise fail("csv_file:", escape(f"{csv_path} lists no images; expected rows 'filename,label'"))
     files, labels = [], []
     for line, row in enumerate(rows, 1):
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ValueError(f"csv_file: {csv_path} row {line} is {row!r}; expected 'filename,label'")
+            raise fail("csv_file:", escape(f"{csv_path} row {line} is {row!r}; expected 'filename,label'"))
         file = image_root / row[0].strip()
         if not file.is_file():
-            raise ValueError(f"csv_file: {csv_path} row {line} names {row[0]!r}, but there is no file {file}")
+            raise fail("csv_file:", escape(f"{csv_path} row {line} names {row[0]!r}, but there is no file {file}"))
         files.append(str(file))
         labels.append(row[1].strip())
     _load_rgb(files[0])

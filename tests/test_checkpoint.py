@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 import clrfit.checkpoint as checkpoint_module
 from clrfit import Callback, Learner, ModelData
 from clrfit import DivergenceError
-from clrfit.checkpoint import CHECK_EVERY, callable_fingerprint
+from clrfit.checkpoint import CHECK_EVERY
 from clrfit.checkpoint import read_checkpoint
 from clrfit.distributed import DistributedContext
-from clrfit.schedules import ConstantLR, OneCycle, one_cycle_schedule
+from clrfit.schedules import ConstantLR, OneCycle, callable_fingerprint, one_cycle_schedule
 from clrfit.serialization import temp_files
 from conftest import InterruptAt
 
@@ -613,7 +613,7 @@ def halve(x):
 
 
 def _fingerprints_in_a_new_process(folder: Path) -> list[str]:
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import scales; from clrfit.checkpoint import callable_fingerprint as f; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import scales; from clrfit.schedules import callable_fingerprint as f; "
             "print(f(scales.halve)); print(f(scales.make(2)))")
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from clrfit import Learner, ModelData
 from clrfit.inference import get_preds, per_sample_loss, predict, tta
-from clrfit.vision import image_folder_data
 from test_vision import make_image_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +88,7 @@ def test_predict_restores_frozen_module_modes():
 
 
 def test_tta_averages_plain_and_augmented_probabilities_as_fastai(tmp_path):
-    data = image_folder_data(make_image_folder(tmp_path), size=12, bs=6, augment=True)
+    data = ModelData.from_folder(make_image_folder(tmp_path), size=12, bs=6, augment=True)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     learn = Learner(model, data, progress=False, table=False, device="cpu")

@@ -10,7 +10,6 @@ from torch import nn
 
 from clrfit import Learner, ModelData
 from clrfit.transfer import freeze, freeze_to, frozen_groups, infer_n_classes, replace_head, unfreeze
-from clrfit.vision import image_folder_data
 from test_vision import make_image_folder
 
 ARCHS = ["resnet18", "resnext50_32x4d", "vgg11", "densenet121", "mobilenet_v2", "mobilenet_v3_small",
@@ -34,7 +33,7 @@ def test_every_supported_head_is_replaced_and_groups_cover_the_model(arch):
 
 
 def test_unknown_head_says_how_to_pass_layer_groups(tmp_path):
-    data = image_folder_data(make_image_folder(tmp_path), size=16, bs=6)
+    data = ModelData.from_folder(make_image_folder(tmp_path), size=16, bs=6)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
     with pytest.raises(ValueError, match=r"model: cannot find the classifier head of a Sequential.*layer_groups=\[early_body"):
         Learner.from_pretrained(model, data)
@@ -50,7 +49,7 @@ def test_unknown_head_says_how_to_pass_layer_groups(tmp_path):
 
 def _learner(tmp_path, **kwargs) -> Learner:
     torch.manual_seed(0)
-    data = image_folder_data(make_image_folder(tmp_path), size=16, bs=18, augment=False)  # one batch per epoch
+    data = ModelData.from_folder(make_image_folder(tmp_path), size=16, bs=18, augment=False)  # one batch per epoch
     return Learner.from_pretrained(torchvision.models.resnet18(weights=None), data, progress=False, table=False,
                               device="cpu", **kwargs)
 
@@ -142,7 +141,7 @@ def test_freeze_to_out_of_range_changes_nothing(tmp_path):
 
 def test_small_vit_trains_with_its_groups(tmp_path):
     torch.manual_seed(0)
-    data = image_folder_data(make_image_folder(tmp_path), size=16, bs=18, augment=False)
+    data = ModelData.from_folder(make_image_folder(tmp_path), size=16, bs=18, augment=False)
     vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2,
                                                hidden_dim=16, mlp_dim=32)
     learn = Learner.from_pretrained(vit, data, progress=False, table=False, device="cpu")

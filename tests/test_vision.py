@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from clrfit import ModelData
-from clrfit.vision import IMAGENET_MEAN, IMAGENET_STD, csv_image_data, image_folder_data, split_indices
+from clrfit.vision import IMAGENET_MEAN, IMAGENET_STD, split_indices
 
 CLASSES = ("cat", "dog", "fox")
 
@@ -36,7 +36,7 @@ def make_image_folder(root: Path, n_train: int = 6, n_valid: int = 3, size: int 
 
 def test_folder_with_valid_folder(tmp_path):
     root = make_image_folder(tmp_path)
-    data = image_folder_data(root, size=12, bs=4, augment=False, normalize=None)
+    data = ModelData.from_folder(root, size=12, bs=4, augment=False, normalize=None)
     assert isinstance(data, ModelData)
     assert data.classes == list(CLASSES) and data.c == 3
     assert len(data.trn_ds) == 18 and len(data.val_ds) == 9
@@ -52,7 +52,7 @@ def test_folder_with_valid_folder(tmp_path):
 
 def test_augment_random_crop_and_flip_only_in_training(tmp_path):
     root = make_image_folder(tmp_path)
-    data = image_folder_data(root, size=12, bs=4, augment=True, normalize=None)
+    data = ModelData.from_folder(root, size=12, bs=4, augment=True, normalize=None)
     torch.manual_seed(0)
     a = data.trn_ds[0][0]
     b = data.trn_ds[0][0]
@@ -67,7 +67,7 @@ def test_augment_random_crop_and_flip_only_in_training(tmp_path):
 
 def test_normalize_data_standardises_channels(tmp_path):
     root = make_image_folder(tmp_path)
-    data = image_folder_data(root, size=16, bs=18, augment=False, normalize="data")
+    data = ModelData.from_folder(root, size=16, bs=18, augment=False, normalize="data")
     x = torch.cat([xb for xb, _ in data.trn_dl])
     assert x.shape[0] == 18
     mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3), unbiased=False)
@@ -77,17 +77,17 @@ def test_normalize_data_standardises_channels(tmp_path):
 
 def test_normalize_imagenet_uses_imagenet_statistics(tmp_path):
     root = make_image_folder(tmp_path)
-    raw = image_folder_data(root, size=8, bs=2, augment=False, normalize=None).val_ds[0][0]
-    norm = image_folder_data(root, size=8, bs=2, augment=False, normalize="imagenet").val_ds[0][0]
+    raw = ModelData.from_folder(root, size=8, bs=2, augment=False, normalize=None).val_ds[0][0]
+    norm = ModelData.from_folder(root, size=8, bs=2, augment=False, normalize="imagenet").val_ds[0][0]
     expected = (raw - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
     assert torch.allclose(norm, expected, atol=1e-6)
 
 
 def test_valid_pct_split_is_seeded_disjoint_and_documented(tmp_path):
     root = make_image_folder(tmp_path, valid=False)
-    a = image_folder_data(root, valid=None, valid_pct=0.25, seed=3, size=8, bs=4, normalize=None)
-    b = image_folder_data(root, valid=None, valid_pct=0.25, seed=3, size=8, bs=4, normalize=None)
-    c = image_folder_data(root, valid=None, valid_pct=0.25, seed=4, size=8, bs=4, normalize=None)
+    a = ModelData.from_folder(root, valid=None, valid_pct=0.25, seed=3, size=8, bs=4, normalize=None)
+    b = ModelData.from_folder(root, valid=None, valid_pct=0.25, seed=3, size=8, bs=4, normalize=None)
+    c = ModelData.from_folder(root, valid=None, valid_pct=0.25, seed=4, size=8, bs=4, normalize=None)
     n_val = round(0.25 * 18)
     assert len(a.val_ds) == n_val == 4 and len(a.trn_ds) == 14
     assert a.val_ds.indices == b.val_ds.indices and a.val_ds.indices != c.val_ds.indices
@@ -97,7 +97,7 @@ def test_valid_pct_split_is_seeded_disjoint_and_documented(tmp_path):
     perm = torch.randperm(18, generator=torch.Generator().manual_seed(3)).tolist()
     assert a.val_ds.indices == sorted(perm[:n_val])
     # A missing valid folder without valid_pct splits automatically only when asked.
-    split = image_folder_data(root, valid_pct=0.5, size=8, bs=4, normalize=None)
+    split = ModelData.from_folder(root, valid_pct=0.5, size=8, bs=4, normalize=None)
     assert len(split.val_ds) == 9
 
 
@@ -110,7 +110,7 @@ def test_split_indices_bounds():
 
 def test_no_valid_set(tmp_path):
     root = make_image_folder(tmp_path, valid=False)
-    data = image_folder_data(root, valid=None, size=8, bs=4)
+    data = ModelData.from_folder(root, valid=None, size=8, bs=4)
     assert data.val_dl is None and data.aug_dl is None and len(data.trn_ds) == 18
 
 
@@ -121,7 +121,7 @@ def test_csv_labels(tmp_path):
             write_image(tmp_path / "images" / f"{name}_{i}.png", c, i)
             rows.append(f"{name}_{i}.png,{name}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    data = csv_image_data(tmp_path, "labels.csv", folder="images", size=8, bs=4, valid_pct=0.25, normalize=None)
+    data = ModelData.from_csv(tmp_path, "labels.csv", folder="images", size=8, bs=4, valid_pct=0.25, normalize=None)
     assert data.classes == list(CLASSES) and data.c == 3
     assert len(data.trn_ds) == 9 and len(data.val_ds) == 3
     ds = data.val_ds.dataset
@@ -137,47 +137,47 @@ def test_csv_labels(tmp_path):
 
 def test_bad_folders(tmp_path):
     with pytest.raises(ValueError, match="path: no such folder"):
-        image_folder_data(tmp_path / "nope")
+        ModelData.from_folder(tmp_path / "nope")
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "valid").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"train: .* holds no images in class folders"):
-        image_folder_data(tmp_path / "empty")
+        ModelData.from_folder(tmp_path / "empty")
     text = tmp_path / "text" / "train" / "a"
     text.mkdir(parents=True)
     (text / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match=r"train: .* holds no images"):
-        image_folder_data(tmp_path / "text", valid=None)
+        ModelData.from_folder(tmp_path / "text", valid=None)
     fake = tmp_path / "fake" / "train" / "a"
     fake.mkdir(parents=True)
     (fake / "x.png").write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match=r"train: .*x.png is not a readable image"):
-        image_folder_data(tmp_path / "fake", valid=None)
+        ModelData.from_folder(tmp_path / "fake", valid=None)
 
 
 def test_train_and_valid_classes_must_match(tmp_path):
     root = make_image_folder(tmp_path)
     write_image(root / "valid" / "emu" / "0.png", 0, 0)
     with pytest.raises(ValueError, match=r"valid: the class folders .* only in valid: \['emu'\]"):
-        image_folder_data(root)
+        ModelData.from_folder(root)
 
 
 def test_bad_arguments(tmp_path):
     root = make_image_folder(tmp_path)
     with pytest.raises(ValueError, match="size must be an integer >= 1; got 0"):
-        image_folder_data(root, size=0)
+        ModelData.from_folder(root, size=0)
     with pytest.raises(ValueError, match="size must be an integer >= 1; got -3"):
-        image_folder_data(root, size=-3)
+        ModelData.from_folder(root, size=-3)
     for pct in (0, 1, 1.5, -0.1):
         with pytest.raises(ValueError, match=rf"valid_pct must be in \(0, 1\); got {float(pct)!r}"):
-            image_folder_data(root, valid=None, valid_pct=pct)
+            ModelData.from_folder(root, valid=None, valid_pct=pct)
     with pytest.raises(ValueError, match="normalize must be one of 'data', 'imagenet', None; got 'mean'"):
-        image_folder_data(root, normalize="mean")
+        ModelData.from_folder(root, normalize="mean")
     with pytest.raises(ValueError, match="valid_pct=0.2 splits the training folder, but .* exists"):
-        image_folder_data(root, valid_pct=0.2)
+        ModelData.from_folder(root, valid_pct=0.2)
     with pytest.raises(ValueError, match="valid='val': no folder .*valid_pct="):
-        image_folder_data(root, valid="val")
+        ModelData.from_folder(root, valid="val")
     with pytest.raises(ValueError, match="csv_file='missing.csv': no such file"):
-        csv_image_data(root, "missing.csv", folder="train")
+        ModelData.from_csv(root, "missing.csv", folder="train")
 
 
 def test_csv_bad_rows(tmp_path):
@@ -185,15 +185,15 @@ def test_csv_bad_rows(tmp_path):
     write_image(tmp_path / "b.png", 1, 0)
     (tmp_path / "missing.csv").write_text("filename,label\na.png,cat\nnope.png,dog\n")
     with pytest.raises(ValueError, match=r"row 2 names 'nope.png', but there is no file"):
-        csv_image_data(tmp_path, "missing.csv")
+        ModelData.from_csv(tmp_path, "missing.csv")
     (tmp_path / "short.csv").write_text("a.png,cat\nb.png\n")
     with pytest.raises(ValueError, match=r"row 2 is \['b.png'\]; expected 'filename,label'"):
-        csv_image_data(tmp_path, "short.csv")
+        ModelData.from_csv(tmp_path, "short.csv")
     (tmp_path / "empty.csv").write_text("filename,label\n")
     with pytest.raises(ValueError, match="lists no images"):
-        csv_image_data(tmp_path, "empty.csv")
+        ModelData.from_csv(tmp_path, "empty.csv")
     (tmp_path / "ok.csv").write_text("a.png,cat\nb.png,dog\n")  # no header row is fine
-    data = csv_image_data(tmp_path, "ok.csv", size=8, bs=1, valid_pct=0.5, normalize=None)
+    data = ModelData.from_csv(tmp_path, "ok.csv", size=8, bs=1, valid_pct=0.5, normalize=None)
     assert data.classes == ["cat", "dog"] and len(data.trn_ds) == len(data.val_ds) == 1
     with pytest.raises(ValueError, match="valid_pct=None: a labels CSV has no validation folder"):
-        csv_image_data(tmp_path, "ok.csv", valid_pct=None)
+        ModelData.from_csv(tmp_path, "ok.csv", valid_pct=None)
