@@ -352,15 +352,17 @@ class SGDR(Schedule):
         return f"SGDR: {self.n_cycle} cycle(s), {self.total} steps (lr of the last group)"
 
 
+@dataclass
 class _RepeatedCycle(Schedule):
     """``n_cycle`` equal cycles of ``cycle_iters`` iterations, with optional ``moms`` (fastai 0.7's use_clr*).
 
-    A subclass writes one cycle's phase table in :meth:`_cycle`; the table repeats every cycle.
+    The fields every such cycle has; a subclass adds its own (then ``moms`` and
+    ``n_cycle``) and writes one cycle's phase table in :meth:`_cycle`.
     """
 
+    lrs: GroupValues
     cycle_iters: int
     div: float
-    moms: tuple[float, float] | None
 
     def __post_init__(self) -> None:
         self.total = self.cycle_iters * self.n_cycle
@@ -396,9 +398,6 @@ class CircularLR(_RepeatedCycle):
     Every cycle has the same length ``N``.
     """
 
-    lrs: GroupValues
-    cycle_iters: int
-    div: float
     cut_div: float
     moms: tuple[float, float] | None = None
     n_cycle: int = 1
@@ -428,9 +427,6 @@ class OneCycle(_RepeatedCycle):
     ``lr * (1 - 0.99 a) / div`` with ``a = (t - 2C) / (N - 2C)``, ``mom = max``.
     """
 
-    lrs: GroupValues
-    cycle_iters: int
-    div: float
     pct: float
     moms: tuple[float, float] | None = None
     n_cycle: int = 1

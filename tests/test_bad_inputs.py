@@ -159,12 +159,9 @@ LEARNER = [
     ("opt_fn not callable", lambda l, p: Learner(l.model, make_data(), opt_fn="sgd"), "opt_fn"),
 ]
 
-CASES = [
-    pytest.param(call, name, id=f"{group}: {case_id}")
-    for group, cases in [("fit", FIT), ("fit_cyclic", FIT_CYCLIC), ("fit_one_cycle", FIT_ONE_CYCLE),
-                         ("lr_find", LR_FIND), ("lr_find2", LR_FIND2), ("ModelData", MODEL_DATA), ("Learner", LEARNER)]
-    for case_id, call, name in cases
-]
+GROUPS = [("fit", FIT), ("fit_cyclic", FIT_CYCLIC), ("fit_one_cycle", FIT_ONE_CYCLE), ("lr_find", LR_FIND),
+          ("lr_find2", LR_FIND2), ("ModelData", MODEL_DATA), ("Learner", LEARNER)]
+CASES = [pytest.param(call, name, id=f"{group}: {case_id}") for group, cases in GROUPS for case_id, call, name in cases]
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +189,49 @@ def test_bad_input_is_named_and_changes_nothing(trained, tmp_path, call, name):
     assert after_opt.keys() == opt.keys()
     assert all(torch.equal(opt[i][k], v) for i, s in after_opt.items() for k, v in s.items())
     assert after_groups == groups
+
+
+# Cases whose message is about one parameter: an ArgumentError (still a ValueError or TypeError) whose
+# .argument is that parameter and whose template names it as a field, so the CLI can spell it as a flag.
+ARGUMENT = {
+    "fit: cycle_mult without cycle_len": "cycle_mult",
+    "fit: use_clr one value": "use_clr",
+    "fit: use_clr peak before step 1": "use_clr",
+    "fit: use_clr_beta three values": "use_clr_beta",
+    "fit: use_clr_beta cycle too short": "use_clr_beta",
+    "fit: use_clr_beta a string": "use_clr_beta",
+    "fit: use_clr and use_clr_beta": "use_clr_beta",
+    "fit: use_clr_beta without cycle_len": "use_clr_beta",
+    "fit: checkpoint a folder": "checkpoint",
+    "fit: checkpoint inside a file": "checkpoint",
+    "fit: checkpoint_every without checkpoint": "checkpoint_every",
+    "fit: resume without checkpoint": "resume",
+    "fit: use_wd_sched without wds": "use_wd_sched",
+    "fit: norm_wds without use_wd_sched": "norm_wds",
+    "fit: n_cycle 1030 with cycle_mult 2": "n_cycle",
+    "fit_cyclic: scale_fn not callable": "scale_fn",
+    "fit_cyclic: step_size_up 1e308": "step_size_up",
+    "fit_cyclic: step_size_down 1e308": "step_size_down",
+    "fit_cyclic: gamma 1e308": "gamma",
+    "fit_one_cycle: pct_start leaving an empty phase": "pct_start",
+    "lr_find: end_lr below start_lr": "end_lr",
+    "Learner: unknown precision": "precision",
+    "Learner: fp16 a number": "fp16",
+    "Learner: overlapping layer_groups": "layer_groups",
+}
+_CALLS = {f"{group}: {case_id}": call for group, cases in GROUPS for case_id, call, _ in cases}
+
+
+@pytest.mark.parametrize("case_id, argument", sorted(ARGUMENT.items()))
+def test_an_error_about_one_argument_is_an_argument_error(trained, tmp_path, case_id, argument):
+    from clrfit import ArgumentError
+
+    with pytest.raises(ArgumentError) as info:
+        _CALLS[case_id](trained, tmp_path)
+    err = info.value
+    assert err.argument == argument and "{" + argument + "}" in err.template, (err.argument, err.template)
+    assert isinstance(err, (ValueError, TypeError)) and err.render() == str(err)
+    assert f"--{argument.replace('_', '-')}" in err.render(lambda name: f"--{name.replace('_', '-')}")
 
 
 # ---------------------------------------------------------------------- the CLI: exit status 2, one line naming the option

@@ -149,6 +149,38 @@ def test_argument_error_from_the_library_is_spelled_with_flags(tiny_data, capsys
     assert one_line_error(err) == "clrfit fit: error: --use-clr peaks before step 1 with --cycle-len=1 and --lr=0.1"
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["schedule", "--cycle-iterations", "5", "--use-clr", "10,20"],
+     "--use-clr: cut_div=20.0 puts the peak before the first iteration of a 5-iteration cycle "
+     "(N // cut_div must be >= 1); lower cut_div or lengthen the cycle"),
+    (["schedule", "--cycle-iterations", "5", "--use-clr-beta", "10,95"],
+     "--use-clr-beta: a 5-iteration cycle with pct=95.0 gives C = int(N * (1 - pct/100) / 2) = 0; C must be >= 1: "
+     "lengthen the cycle (cycle_len, or fewer accumulated batches) or lower pct"),
+    (["schedule", "--cycle-iterations", "5", "--one-cycle", "0.1", "--pct-start", "0.2"],
+     "--pct-start=0.2 with total_steps=5 gives a phase of zero length at step 0; use more steps (epochs) or "
+     "another --pct-start"),
+    (["schedule", "--cyclic", "0.1,1", "--lr", "0.5"],
+     "--cyclic: do not combine it with --lr=0.5 (they belong to fit-style schedules)"),
+    (["schedule", "--cyclic", "0.1,1", "--cycle-mult", "2"],
+     "--cyclic: do not combine it with --cycle-mult=2 (they belong to fit-style schedules)"),
+])
+def test_a_bad_value_the_library_finds_is_reported_with_the_flags_spelling(argv, expected, capsys):
+    """Nothing mocked: the library raises ArgumentError and the CLI writes each parameter the message names
+    (.argument and the template's fields) as the flag that sets it; no message is parsed."""
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert one_line_error(err) == f"clrfit {argv[0]}: error: {expected}"
+
+
+def test_a_bad_value_found_inside_fit_is_reported_with_the_flags_spelling(tiny_data, capsys):
+    """The cycle is too short only for the data's length (2 batches), so fit itself refuses it, after loading."""
+    code, out, err = run(["fit", "--lr", "0.1", "--no-progress", "--cycle-len", "1", "--use-clr", "10,3"], capsys)
+    assert code == 2 and tiny_data != []
+    assert one_line_error(err) == ("clrfit fit: error: --use-clr: cut_div=3.0 puts the peak before the first iteration "
+                                   "of a 2-iteration cycle (N // cut_div must be >= 1); lower cut_div or lengthen the "
+                                   "cycle")
+
+
 _NO_TORCH = """
 import sys
 from clrfit.cli import main
@@ -193,11 +225,19 @@ def test_help_answers_far_faster_than_importing_torch():
 
 
 def test_cli_choice_lists_match_the_library():
-    from clrfit import checkpoint, precision, validation
+    from clrfit import callbacks, checkpoint, fsdp, lr_scheduler, precision, schedules, validation, vision
 
     assert cli.DATASETS == datasets.DATASETS
     assert set(cli.ARCHS) == set(models.ARCHS)
     assert validation.ON_NAN == checkpoint.ON_NAN and validation.PRECISIONS == precision.PRECISIONS
+    # defined once, in clrfit.validation: every other module holds the same object
+    for module, name, owner in [(checkpoint, "ON_NAN", "ON_NAN"), (precision, "PRECISIONS", "PRECISIONS"),
+                                (cli, "ON_NAN", "ON_NAN"), (cli, "PRECISIONS", "PRECISIONS"), (cli, "ARCHS", "ARCHS"),
+                                (models, "ARCHS", "ARCHS"), (fsdp, "STRATEGIES", "STRATEGIES"),
+                                (schedules, "ANNEALS", "ANNEALS"), (schedules, "METHODS", "FIT_METHODS"),
+                                (lr_scheduler, "AFTER_END", "AFTER_END"), (callbacks, "MODES", "MONITOR_MODES"),
+                                (vision, "NORMALIZE", "NORMALIZE")]:
+        assert getattr(module, name) is getattr(validation, owner), (module.__name__, name)
 
 
 def test_real_process_exit_code_and_message():

@@ -411,3 +411,43 @@ def test_empty_loaders_are_rejected():
         ModelData.from_tensors(torch.zeros(0, 3), torch.zeros(0), bs=4)
     with pytest.raises(ValueError, match="same number of samples"):
         ModelData.from_tensors(torch.zeros(5, 3), torch.zeros(4), bs=4)
+
+
+def test_every_fit_spells_out_its_options_and_passes_them_to_train():
+    """fit, fit_cyclic and fit_one_cycle take their schedule's arguments (the spec) and FIT_OPTIONS, each an
+    explicit keyword with train's default and an Args: entry; the entry of an option reads the same in all three."""
+    import inspect
+    import re
+
+    from clrfit import schedules
+    from clrfit.learner import FIT_OPTIONS
+
+    train = inspect.signature(Learner.train).parameters
+    docs = {}
+    for method, spec, lead in [(Learner.fit, schedules.FIT, []), (Learner.fit_cyclic, schedules.CYCLIC, ["epochs"]),
+                               (Learner.fit_one_cycle, schedules.ONE_CYCLE, ["epochs"])]:
+        params = inspect.signature(method).parameters
+        assert sorted(list(params)[1:]) == sorted([*lead, *spec.names, *FIT_OPTIONS]), method.__name__
+        assert all(params[name].default == train[name].default for name in FIT_OPTIONS), method.__name__
+        args = inspect.cleandoc(method.__doc__).split("Args:\n", 1)[1].split("\n\n", 1)[0]
+        entries = dict(re.findall(r"^    (\w+): (.*)$", args, flags=re.M))
+        docs[method.__name__] = {name: entries[name] for name in FIT_OPTIONS}
+    assert docs["fit"] == docs["fit_cyclic"] == docs["fit_one_cycle"]
+
+
+def test_fit_options_reach_train_unchanged(monkeypatch):
+    from clrfit.learner import FIT_OPTIONS
+
+    learn = make_learner()
+    seen = []
+    monkeypatch.setattr(Learner, "train", lambda self, schedule, n_epochs, **kw: seen.append(kw))
+    options = dict(wds=1e-3, callbacks=[], metrics=[accuracy], use_wd_sched=True, norm_wds=True,
+                   wds_sched_mult=len, accumulate=2, compile=False, checkpoint="c.ckpt", checkpoint_every=3,
+                   resume=True, on_nan="restore")
+    assert set(options) == set(FIT_OPTIONS)
+    learn.fit(0.1, 1, **options)
+    learn.fit_cyclic(1, 0.01, 0.1, **options)
+    learn.fit_one_cycle(1, 0.1, **options)
+    for kw in seen:
+        assert {name: kw[name] for name in FIT_OPTIONS} == options
+    assert [kw["fit_args"]["kind"] for kw in seen] == ["fit", "fit_cyclic", "fit_one_cycle"]
