@@ -92,13 +92,6 @@ def anneal(kind: str, start: float, end: float, pct: float, angle: float | None 
     raise ValueError(f"anneal must be one of {', '.join(map(repr, ANNEALS))}; got {kind!r}")
 
 
-def _anneal_level(kind: str, points: tuple[Level, Level], pct: float, angle: float | None) -> float | list[float]:
-    a, b = points
-    if isinstance(a, tuple):  # one point per group
-        return [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)]
-    return anneal(kind, a, b, pct, angle)
-
-
 def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Any, Any]:
     """``(phase, lr level, momentum level or None)`` at step ``t``: the first phase with ``t <= last``.
 
@@ -109,15 +102,20 @@ def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Any, Any]:
     for phase in phases:
         if t <= phase.last:
             break
+    kind = phase.anneal
     pct = angle = 0.0
-    if phase.anneal != "constant":
+    if kind != "constant":
         done, length = t - phase.start, phase.end - phase.start
         pct = done / length
         if phase.reverse:
             pct = 1 - pct
         angle = math.pi * done / length if phase.fastai_angle else None
-    lr = _anneal_level(phase.anneal, phase.lr, pct, angle)
-    mom = None if phase.mom is None else _anneal_level(phase.anneal, phase.mom, pct, angle)
+    a, b = phase.lr
+    lr = [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)] if type(a) is tuple else anneal(kind, a, b, pct, angle)
+    if phase.mom is None:
+        return phase, lr, None
+    a, b = phase.mom
+    mom = [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)] if type(a) is tuple else anneal(kind, a, b, pct, angle)
     return phase, lr, mom
 
 
@@ -141,7 +139,7 @@ class Schedule:
         lrs = self._group_lrs(lr, phase)
         if mom is None:
             return lrs, None
-        return lrs, mom if isinstance(mom, list) else [mom] * len(lrs)
+        return lrs, mom if type(mom) is list else [mom] * len(lrs)
 
     def _group_lrs(self, level: Any, phase: Phase) -> list[float]:
         if phase.divisor is not None:
