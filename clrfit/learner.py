@@ -11,6 +11,7 @@ precision, DDP, compile, memory layout) is :class:`clrfit.runtime.Runtime`'s.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import warnings
@@ -40,7 +41,7 @@ from .recorder import Recorder
 from .rollback import LearnerSnapshot
 from .runtime import compile_backend
 from .scheduler import DecoupledWeightDecay, ParamScheduler
-from .serialization import load_state, optimizer_mismatch, plain_state, save_state, set_rng_states
+from .serialization import load_state, optimizer_mismatch, save_state
 from .state import TrainingState, loader_generators, sigint, start_persistent_workers, stateful_samplers
 from .suggest import Suggestions
 from .validation import ON_NAN, ArgumentError, as_group_values, check_bool, check_choice, check_int, fail
@@ -49,6 +50,9 @@ _CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
 #: The options every fit passes on to :meth:`Learner.train` as they are (each fit's signature spells them out).
 FIT_OPTIONS = ("wds", "callbacks", "metrics", "use_wd_sched", "norm_wds", "wds_sched_mult", "accumulate", "compile",
                "checkpoint", "checkpoint_every", "resume", "on_nan")
+#: Each scope's begin and end events (train's end fires on its own, whatever stopped the fit).
+_SCOPE_EVENTS = {"train": ("on_train_begin", None), "epoch": ("on_epoch_begin", "on_epoch_end"),
+                 "batch": ("on_batch_begin", "on_batch_end")}
 
 
 def default_opt_fn(params, lr: float = 1e-3) -> torch.optim.Optimizer:
@@ -583,7 +587,7 @@ class Learner:
         ``cancels`` are this scope's cancel and the smaller ones: a CancelBatchException
         raised outside a batch (say in ``on_epoch_begin``) cancels the scope it was raised in.
         """
-        begin, end = ("on_train_begin", None) if name == "train" else (f"on_{name}_begin", f"on_{name}_end")
+        begin, end = _SCOPE_EVENTS[name]
         try:
             self._fire(begin)
             body(*args)
@@ -636,44 +640,17 @@ class Learner:
             self._fire("on_validate_end")
 
     def _epoch_steps(self) -> Iterator[list[Any]]:
-        """This epoch's optimizer steps (lists of ``accumulate`` micro-batches), from ``batch_index`` on.
-
-        The torch RNG state and the loaders' generator states just before the loader
-        is iterated are kept in ``learn.state``: with them, a checkpoint replays this
-        epoch's data order.
-        """
-        dl, state = self.data.trn_dl, self.state
-        sampler = getattr(dl, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(state.epoch)
-        if state.resume_rng is not None:  # a mid-epoch resume: replay this epoch's order
-            torch.set_rng_state(state.epoch_rng_state)
-        state.epoch_rng_state = torch.get_rng_state()
-        state.loader_generators = [g.get_state() for g in self._generators]
-        state.sampler_states = [plain_state(s.state_dict()) for s in self._samplers]
-        batches = iter(dl)
-        for _ in range(state.batch_index * self.accumulate):
-            if next(batches, None) is None:  # resuming at an epoch's end (a short last step)
-                break
-        if state.resume_rng is not None:
-            set_rng_states(state.resume_rng)
-            state.resume_rng = None
-        group: list[Any] = []
-        steps = state.batch_index
-        for batch in batches:
-            group.append(batch)
-            if len(group) == self.accumulate:
-                yield group
-                group, steps = [], steps + 1
-                if steps == self.steps_per_epoch:  # the schedule was planned for len(): never run past it
-                    if next(batches, None) is not None:
-                        _loader_length_warning(dl, "more", self.steps_per_epoch)
-                    return
-        if group:
+        """This epoch's optimizer steps (lists of ``accumulate`` micro-batches) from ``batch_index`` on, never more than planned."""
+        state, dl, n = self.state, self.data.trn_dl, self.accumulate
+        batches = state.begin_epoch(dl, self._generators, self._samplers, skip=state.batch_index * n)
+        for done in range(state.batch_index, self.steps_per_epoch):
+            group = list(itertools.islice(batches, n))
+            if not group:
+                _loader_length_warning(dl, "fewer", self.steps_per_epoch, done)
+                return
             yield group
-            steps += 1
-        if steps < self.steps_per_epoch:
-            _loader_length_warning(dl, "fewer", self.steps_per_epoch, steps)
+        if next(batches, None) is not None:  # the schedule was planned for len(): never run past it
+            _loader_length_warning(dl, "more", self.steps_per_epoch)
 
     def _one_step(self, micro_batches: list[Any]) -> None:
         # A step cancelled or failed after backward left its gradients (the zero_grad below did not run):
@@ -853,7 +830,8 @@ def _check_options(n_groups: int, wds: Any, use_wd_sched: Any, norm_wds: Any, wd
         raise ArgumentError("norm_wds" if norm_wds else "wds_sched_mult",
                             "{norm_wds} and {wds_sched_mult} apply to scheduled weight decay; pass {use_wd_sched}=True")
     if use_wd_sched and group_wds is None:
-        raise ArgumentError("use_wd_sched", "{use_wd_sched}=True needs {wds} (the weight decay to schedule); got {wds}=None")
+        raise ArgumentError("use_wd_sched",
+                            "{use_wd_sched}=True needs {wds} (the weight decay to schedule); got {wds}=None")
     return accumulate, backend, group_wds
 
 

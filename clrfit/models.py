@@ -61,7 +61,8 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             if stride != 2:
-                raise ArgumentError("stride", f"option-A shortcut subsamples by 2; got {{stride}}={escape(str(stride))}")
+                raise ArgumentError("stride",
+                                    f"option-A shortcut subsamples by 2; got {{stride}}={escape(str(stride))}")
             self.shortcut = _ShortcutA(c_out - c_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

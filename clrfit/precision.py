@@ -32,7 +32,8 @@ def resolve_precision(fp16: bool, precision: str | None) -> str:
         precision = aliases.get(str(precision), precision)
         check_choice("precision", precision, PRECISIONS)
         if fp16 and precision != "fp16":
-            raise ArgumentError("precision", f"{{fp16}}=True conflicts with {{precision}}={precision!r}; pass one of them")
+            raise ArgumentError("precision",
+                                f"{{fp16}}=True conflicts with {{precision}}={precision!r}; pass one of them")
         return precision
     return "fp16" if fp16 else "fp32"
 

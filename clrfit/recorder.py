@@ -79,8 +79,9 @@ class Recorder(Callback):
 
     def on_batch_end(self) -> None:
         if self.record_step():
-            self._pending.append(self.learn.step_loss)
-            if len(self._pending) >= self.flush_every:
+            pending = self._pending
+            pending.append(self.learn.step_loss)
+            if len(pending) >= self.flush_every:
                 self.flush()
 
     def record_step(self) -> bool:
@@ -93,9 +94,10 @@ class Recorder(Callback):
         step, self._step = self._step, None
         if step is None or self.learn.step_loss is None or step[0] != self.learn.state.iteration:
             return False
-        self.iterations.append(step[0])
-        self.group_lrs.append(step[1])
-        self.group_moms.append(step[2])
+        iteration, lrs, moms = step
+        self.iterations.append(iteration)
+        self.group_lrs.append(lrs)
+        self.group_moms.append(moms)
         return True
 
     def on_validate_end(self) -> None:
@@ -117,14 +119,18 @@ class Recorder(Callback):
             return
         # Stack on the device and copy once: one host sync per flush, not one per loss.
         pending, self._pending = self._pending, []
-        first = pending[0]
-        if all(p.shape == () and p.dtype is first.dtype and p.device == first.device for p in pending):
-            stacked = torch.stack(pending)  # the usual case: 0-d losses of one type on one device
-        else:
-            stacked = torch.stack([p.detach().float().reshape(()).to(first.device) for p in pending])
-        values = stacked.float().cpu().tolist()
-        for value in values:
-            self.add_loss(value)
+        try:
+            stacked = torch.stack(pending)  # the usual case: 0-d losses on one device
+        except RuntimeError:  # losses of other shapes or on several devices
+            stacked = None
+        if stacked is None or stacked.shape != (len(pending),):
+            stacked = torch.stack([p.detach().float().reshape(()).to(pending[0].device) for p in pending])
+        raw, smooth, avg = self.raw_losses_, self.losses_, self.avg_loss
+        for value in stacked.float().cpu().tolist():  # add_loss for each, in one loop
+            raw.append(value)
+            avg = SMOOTHING * avg + (1 - SMOOTHING) * value
+            smooth.append(avg / (1 - SMOOTHING ** len(raw)))
+        self.avg_loss = avg
 
     def add_loss(self, value: float) -> float:
         """Append one raw loss and its smoothed value; returns the smoothed value."""

@@ -96,13 +96,6 @@ def anneal(kind: str, start: float, end: float, pct: float, angle: float | None 
     raise ArgumentError("kind", escape(f"anneal must be one of {', '.join(map(repr, ANNEALS))}; got {kind!r}"))
 
 
-def _anneal_level(kind: str, points: tuple[Level, Level], pct: float, angle: float | None) -> float | list[float]:
-    a, b = points
-    if isinstance(a, tuple):  # one point per group
-        return [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)]
-    return anneal(kind, a, b, pct, angle)
-
-
 def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Any, Any]:
     """``(phase, lr level, momentum level or None)`` at step ``t``: the first phase with ``t <= last``.
 
@@ -113,15 +106,20 @@ def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Any, Any]:
     for phase in phases:
         if t <= phase.last:
             break
+    kind = phase.anneal
     pct = angle = 0.0
-    if phase.anneal != "constant":
+    if kind != "constant":
         done, length = t - phase.start, phase.end - phase.start
         pct = done / length
         if phase.reverse:
             pct = 1 - pct
         angle = math.pi * done / length if phase.fastai_angle else None
-    lr = _anneal_level(phase.anneal, phase.lr, pct, angle)
-    mom = None if phase.mom is None else _anneal_level(phase.anneal, phase.mom, pct, angle)
+    a, b = phase.lr
+    lr = [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)] if type(a) is tuple else anneal(kind, a, b, pct, angle)
+    if phase.mom is None:
+        return phase, lr, None
+    a, b = phase.mom
+    mom = [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)] if type(a) is tuple else anneal(kind, a, b, pct, angle)
     return phase, lr, mom
 
 
@@ -145,7 +143,7 @@ class Schedule:
         lrs = self._group_lrs(lr, phase)
         if mom is None:
             return lrs, None
-        return lrs, mom if isinstance(mom, list) else [mom] * len(lrs)
+        return lrs, mom if type(mom) is list else [mom] * len(lrs)
 
     def _group_lrs(self, level: Any, phase: Phase) -> list[float]:
         if phase.divisor is not None:
@@ -891,7 +889,8 @@ def fit_schedule(
             name = "use_clr" if use_clr is not None else "use_clr_beta"
             raise ArgumentError(name, f"{{{name}}} needs {{cycle_len}} (epochs per cycle); got {{cycle_len}}=None")
         if cycle_mult != 1:
-            raise ArgumentError("cycle_mult", f"{{cycle_mult}}={cycle_mult} needs {{cycle_len}}; got {{cycle_len}}=None")
+            raise ArgumentError("cycle_mult",
+                                f"{{cycle_mult}}={cycle_mult} needs {{cycle_len}}; got {{cycle_len}}=None")
         return ConstantLR(lrs, total=nb * n_cycle, cycle_iters=nb), n_cycle
     cycle_len = _integer("cycle_len", cycle_len, minimum=1)
     n_epochs = _geometric_epochs(cycle_len, cycle_mult, n_cycle)
@@ -1109,7 +1108,8 @@ def _preview_kwargs(name: str, values: Any, allowed: tuple[str, ...], required: 
         raise fail(name, f"must be a dict of keyword arguments; got {type(values).__name__}", kind=ArgumentTypeError)
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise ArgumentTypeError(name, f"{{{name}}}: unknown keys {escape(repr(unknown))}; allowed: {', '.join(allowed)}")
+        raise ArgumentTypeError(name, f"{{{name}}}: unknown keys {escape(repr(unknown))}; "
+                                      f"allowed: {', '.join(allowed)}")
     missing = [k for k in required if k not in values]
     if missing:
         raise fail(name, escape(f"must hold {' and '.join(map(repr, missing))} (the fit needs them)"))

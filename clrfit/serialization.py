@@ -21,7 +21,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .state import COUNTERS
+#: The integer counters of a fit (:class:`clrfit.state.TrainingState`), as a checkpoint stores them.
+COUNTERS: tuple[str, ...] = ("epoch", "batch_index", "iteration", "cycle", "iter_in_cycle")
+
 
 #: Checkpoint format version, stored under ``clrfit_checkpoint``.
 FORMAT = 1

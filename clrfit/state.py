@@ -18,11 +18,12 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
-COUNTERS: tuple[str, ...] = ("epoch", "batch_index", "iteration", "cycle", "iter_in_cycle")
+from .serialization import COUNTERS, plain_state, set_rng_states
+
 
 
 @dataclass
@@ -57,6 +58,31 @@ class TrainingState:
         self.loader_generators = list(state.get("loader_generators", []))
         self.sampler_states = list(state.get("sampler_states", []))
         self.resume_rng = rng_states
+
+    def begin_epoch(self, dl: Any, generators: list[torch.Generator], samplers: list[Any], skip: int) -> Iterator[Any]:
+        """``iter(dl)`` for this epoch, keeping what replays its order first; ``skip`` batches already done are passed over.
+
+        The torch RNG state and the loaders' generator and sampler states just before
+        the loader is iterated are kept here: with them, a checkpoint replays this
+        epoch's order. A mid-epoch resume draws the order from the saved state, skips
+        the done batches, then continues with the RNG states saved at the checkpoint.
+        """
+        sampler = getattr(dl, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        if self.resume_rng is not None:
+            torch.set_rng_state(self.epoch_rng_state)
+        self.epoch_rng_state = torch.get_rng_state()
+        self.loader_generators = [g.get_state() for g in generators]
+        self.sampler_states = [plain_state(s.state_dict()) for s in samplers]
+        batches = iter(dl)
+        for _ in range(skip):
+            if next(batches, None) is None:  # resuming at an epoch's end (a short last step)
+                break
+        if self.resume_rng is not None:
+            set_rng_states(self.resume_rng)
+            self.resume_rng = None
+        return batches
 
 
 def loader_generators(loaders: Any) -> list[torch.Generator]:
