@@ -15,8 +15,15 @@ difference (the framework's cost per step) and the median of the per-round
 ratios. ``--model mlp`` is a 40-32-10 MLP, where framework cost dominates;
 ``--model cnn`` the MNIST-1D CNN.
 
+``--opcodes``: count the Python bytecode instructions each loop executes for
+one fit (``sys.settrace`` with opcode events), per optimizer step, and which
+functions account for the learner's extra ones. The count does not depend on
+machine load, so it shows a change in the framework's own Python work even
+where timings are too noisy to; it leaves out time spent inside C calls.
+
     python benchmarks/overhead.py [--runs 7] [--epochs 5]
     python benchmarks/overhead.py --interleaved --model mlp --rounds 41 --threads 1
+    python benchmarks/overhead.py --opcodes --model mlp --epochs 2
 """
 from __future__ import annotations
 
@@ -25,7 +32,9 @@ import copy
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -142,6 +151,46 @@ def interleaved(args: argparse.Namespace) -> None:
     print(f"median ratio learner/raw: {statistics.median(ratios):.3f}")
 
 
+def opcode_counts(fn: Callable[[], None]) -> Counter:
+    """Python bytecode instructions executed by ``fn()``, per ``file:function``."""
+    counts: Counter = Counter()
+
+    def trace(frame, event, arg):
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            counts[f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"] += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return counts
+
+
+def opcodes(args: argparse.Namespace) -> None:
+    """Print the Python instructions per step of ``learn.fit`` and of the hand-written loop, and the top differences."""
+    torch.manual_seed(0)
+    data = mnist1d(bs=args.bs)
+    build = mlp if args.model == "mlp" else mnist1d_cnn
+    raw_model, learn_model = build(), build()
+    learn = Learner(learn_model, data, metrics=[accuracy], progress=False, table=False)
+    steps = args.epochs * len(data.trn_dl)
+    loops = {"learner": lambda: learn.fit(LR, 1, cycle_len=args.epochs, use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM)),
+             "raw": lambda: raw_fit(raw_model, data, args.epochs)}
+    for fn in loops.values():  # first calls import and build lazily; count a later one
+        fn()
+    counts = {name: opcode_counts(fn) for name, fn in loops.items()}
+    per_step = {name: sum(c.values()) / steps for name, c in counts.items()}
+    print(f"opcodes: model {args.model}, {args.epochs} epochs ({steps} steps + validation each epoch), bs {args.bs}")
+    print(f"Python instructions per step: learner {per_step['learner']:.0f}, raw {per_step['raw']:.0f}, "
+          f"framework {per_step['learner'] - per_step['raw']:.0f}")
+    extra = Counter({k: v - counts["raw"].get(k, 0) for k, v in counts["learner"].items()})
+    for where, n in extra.most_common(15):
+        print(f"  {n / steps:7.1f}  {where}")
+
+
 def main() -> None:
     """Alternate learner and raw runs; print the times and the median ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -150,11 +199,15 @@ def main() -> None:
     parser.add_argument("--bs", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
     parser.add_argument("--interleaved", action="store_true", help="in-process interleaved rounds (see above)")
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="cnn", help="--interleaved: which model")
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="cnn", help="--interleaved, --opcodes: which model")
     parser.add_argument("--rounds", type=int, default=41, help="--interleaved: rounds (default 41)")
+    parser.add_argument("--opcodes", action="store_true", help="count Python instructions per step (see above)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.opcodes:
+        opcodes(args)
+        return
     if args.interleaved:
         interleaved(args)
         return

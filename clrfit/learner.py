@@ -483,9 +483,8 @@ class Learner:
         fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)  # checks checkpoint*
         self._reset_counters()
         self.validate_each_epoch = check_bool("validate", validate)
-        if self.validate_each_epoch and self.data.val_dl is not None and _length(self.data.val_dl) == 0:
-            raise ValueError("the validation loader (data.val_dl) has no batches (len() == 0): every epoch would "
-                             "end in a validation of nothing; pass a validation set, or ModelData without val_dl")
+        if self.validate_each_epoch:
+            _check_val_batches(self.data.val_dl)
         self._metrics = list(metrics) if metrics is not None else self.metrics
         self.accumulate = accumulate
         self.steps_per_epoch = self._steps_per_epoch(accumulate)
@@ -499,14 +498,20 @@ class Learner:
         self._samplers = stateful_samplers((self.data.trn_dl,))
         start_persistent_workers((self.data.trn_dl, self.data.val_dl))
         self.sched = self.recorder = recorder or Recorder()
-        cbs = [ParamScheduler(schedule, group_wds, use_wd_sched)]
-        if use_wd_sched and group_wds is not None:
-            cbs.append(DecoupledWeightDecay(schedule, group_wds, norm_wds, wds_sched_mult))
+        cbs = self._own_callbacks(schedule, group_wds, use_wd_sched, norm_wds, wds_sched_mult)
+        self._run(cbs + self.callbacks + fit_callbacks)
+        return self.recorder
+
+    def _own_callbacks(self, schedule: schedules.Schedule, wds: tuple[float, ...] | None, use_wd_sched: bool,
+                       norm_wds: bool, wds_sched_mult: Callable[["Learner"], float] | None) -> list[Callback]:
+        """The callbacks every fit has: the schedule, decoupled weight decay (``use_wd_sched``), the recorder, progress."""
+        cbs: list[Callback] = [ParamScheduler(schedule, wds, use_wd_sched)]
+        if use_wd_sched:  # the options check made sure wds is set
+            cbs.append(DecoupledWeightDecay(schedule, wds, norm_wds, wds_sched_mult))
         cbs.append(self.recorder)
         if self.progress or self.table:
             cbs.append(ProgressCallback(bar=self.progress, table=self.table))
-        self._run(cbs + self.callbacks + fit_callbacks)
-        return self.recorder
+        return cbs
 
     def _run(self, cbs: list[Callback]) -> None:
         self._cbs = sorted(cbs, key=lambda cb: cb.order)
@@ -794,6 +799,13 @@ class Learner:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _check_val_batches(val_dl: Any) -> None:
+    """``ValueError`` for a validation loader with no batches (every epoch would validate nothing)."""
+    if val_dl is not None and _length(val_dl) == 0:
+        raise ValueError("the validation loader (data.val_dl) has no batches (len() == 0): every epoch would "
+                         "end in a validation of nothing; pass a validation set, or ModelData without val_dl")
 
 
 def _param_groups(model: nn.Module, layer_groups: Sequence[Any] | None) -> list[dict[str, Any]]:

@@ -87,10 +87,9 @@ class RangeTestRecorder(Recorder):
         learn = self.learn
         if not self.record_step():  # cancelled before its loss: nothing to record, nothing to judge
             return
-        stats = [learn.step_loss.detach().reshape(()).to(learn.device, torch.float64)]
+        values = learn.step_loss.detach().reshape(1).to(learn.device, torch.float64)
         if self.validates_each_step:
-            stats += self._validation_step()
-        values = torch.stack(stats)
+            values = torch.cat([values, self._validation_step()])
         learn.dist.all_reduce_sum(values)  # same numbers, hence same stop decision, on every rank
         values = values.tolist()
         loss = values[0] / learn.dist.world_size
@@ -114,8 +113,8 @@ class RangeTestRecorder(Recorder):
         self._val_batches = self._first_val_batch = None
 
     @torch.no_grad()
-    def _validation_step(self) -> list[torch.Tensor]:
-        """``[loss * n, n, metric * n, ...]`` on the next validation batch, as float64 device scalars."""
+    def _validation_step(self) -> torch.Tensor:
+        """``[loss * n, n, metric * n, ...]`` on the next validation batch, a float64 device tensor."""
         learn = self.learn
         if self._first_val_batch is not None:
             batch, self._first_val_batch = self._first_val_batch, None
@@ -126,7 +125,7 @@ class RangeTestRecorder(Recorder):
         model.eval()
         learn.dist.broadcast_buffers(learn.model)  # as in learn.validate: rank 0's BatchNorm statistics
         try:
-            return list(learn.runtime.evaluate(model, batch, learn.crit, learn._metrics))
+            return learn.runtime.evaluate(model, batch, learn.crit, learn._metrics)
         finally:
             model.train(was_training)
 

@@ -123,9 +123,10 @@ class Runtime:
         else:
             self.precision.step(opt)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, batch: Any, crit: Callable, metrics: Sequence[Callable]) -> torch.Tensor:
         """``[loss * n, n, metric * n, ...]`` of one batch as a float64 device tensor (``model`` in eval mode).
+
+        Callers run it under ``torch.no_grad()`` (once around all their batches, not once per batch).
 
         ``n`` is the number of samples (the leading size of the first target tensor, or
         of the input), not the number of targets of a multi-target batch. Metrics get
