@@ -352,7 +352,10 @@ class TensorLoader:
 
     def _spans(self) -> list[tuple[int, int]]:
         n = len(self.tensors[0]) if self.indices is None else len(self.indices)
-        return global_batch_spans(n, self.batch_size, self.world_size, self.rank, self.drop_last)
+        key = (n, self.batch_size, self.world_size, self.rank, self.drop_last)
+        if self.__dict__.get("_spans_key") != key:  # len() is asked often: compute once per layout
+            self._spans_list, self._spans_key = global_batch_spans(*key), key
+        return self._spans_list
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
