@@ -427,12 +427,39 @@ def test_bad_state_dict_is_refused():
 # ---------------------------------------------------------------------- the benchmark
 
 
+def _data_path_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("data_path_benchmark", ROOT / "benchmarks" / "data_path.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_path_statistics_and_fetch_clock():
+    bench = _data_path_module()
+    assert bench.median_ci([float(v) for v in range(1, 11)]) == (2.0, 9.0)  # n=10: order statistics 2 and 9
+    assert bench.median_ci([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)  # n=6: the extremes (coverage 96.9%)
+    assert bench.median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) is None  # n=5: no 95% interval exists
+    text = bench.summary([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert text == "5.500 (IQR 3.250-7.750, range 1.000-10.000, 95% CI 2.000-9.000, n=10)"
+    assert len(bench.ORDERS) == 6 and {o[0] for o in bench.ORDERS} == set(bench.PATHS)
+    x, y = torch.arange(20.0).view(10, 2), torch.arange(10)
+    clock = bench.FetchClock()
+    wrap = clock.wrapper()
+    loaders = [wrap(TensorLoader(x, y, batch_size=4)), wrap(DataLoader(TensorDataset(x, y), batch_size=4))]
+    assert isinstance(loaders[0], TensorLoader) and isinstance(loaders[1], DataLoader)
+    for a, b in zip(*loaders):  # the clocked loaders still serve the same batches
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert clock.seconds["train"] > 0 and clock.seconds["val"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_data_path_benchmark_runs_and_reports_ratios(tmp_path):
     env = dict(os.environ, CLRFIT_CACHE_DIR=str(tmp_path / "cache"), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_path.py"), "--rounds", "1", "--epochs", "1",
-                           "--n-train", "512", "--n-valid", "256"],
+                           "--split-rounds", "1", "--n-train", "512", "--n-valid", "256"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -445,8 +472,19 @@ def test_data_path_benchmark_runs_and_reports_ratios(tmp_path):
             # The times are printed to 1 ms: the ratio must lie within what that rounding allows (plus its own rounding).
             low, high = (t - 5e-4) / (raw + 5e-4), (t + 5e-4) / max(raw - 5e-4, 1e-9)
             assert low - 5e-4 <= ratio <= high + 5e-4, (ratio, t, raw)
+        wall = re.search(rf"{model}  c/a wall ([0-9.]+) \(IQR ([0-9.]+)-([0-9.]+), range ([0-9.]+)-([0-9.]+), n=1\)", out)
+        assert wall and float(wall.group(1)) == c_a, out  # one round: every statistic is that round's ratio
+        assert len(set(wall.groups())) == 1, out
+        assert re.search(rf"{model}  c/a cpu  [0-9.]+ \(IQR", out), out
+        for path in ("raw", "dataloader", "tensor"):
+            parts = re.search(rf"{model}    {path}\s+total\s+([0-9.]+)\s+train fetch\s+([0-9.]+)\s+"
+                              rf"val fetch\s+([0-9.]+)\s+rest\s+(-?[0-9.]+)", out)
+            assert parts, out
+            total, train, val, rest = map(float, parts.groups())
+            assert total == pytest.approx(train + val + rest, abs=0.02) and train > 0 and val > 0
         acc = re.search(rf"{model} accuracy raw ([0-9.]+) dataloader ([0-9.]+) tensor ([0-9.]+)", out)
         assert acc, out
         a, b, c = map(float, acc.groups())
         assert a == b  # the DataLoader path and the raw loop train on the same batches: same weights
         assert 0.0 <= c <= 1.0
+        assert "raw and dataloader identical weights every round: True" in out
