@@ -287,7 +287,8 @@ def main() -> None:
             for p in PATHS:
                 out[p].pop("model")
             print(f"round {r} {name} ({'-'.join(order)}): " + "  ".join(f"{p} {out[p]['wall']:.3f}s" for p in PATHS) +
-                  f"  c/a {out['tensor']['wall'] / out['raw']['wall']:.3f}", flush=True)
+                  f"  c/a {out['tensor']['wall'] / out['raw']['wall']:.3f}"
+                  f"  (CPU {out['tensor']['cpu'] / out['raw']['cpu']:.3f})", flush=True)
     splits = {name: split(name, inits[name], tensors, args.bs, args.epochs, args.split_rounds)
               for name in models if args.split_rounds > 0}
     loader_ms = loader_only_ms(tensors, args.bs)
