@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .validation import ANNEAL_STRATEGIES, ARCHS, CYCLIC_MODES, ON_NAN, OPTIMIZERS, PRECISIONS, ArgumentError
+from .validation import ANNEAL_STRATEGIES, ARCHS, CYCLIC_MODES, LOADERS, ON_NAN, OPTIMIZERS, PRECISIONS, ArgumentError
 
 # The same names as clrfit.datasets.DATASETS (tests/test_cli.py checks they agree); copied so that
 # parsing needs no torch.
@@ -219,7 +219,11 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     _folder_options(p)
     p.add_argument("--bs", type=_positive_int, default=128, help="batch size (default 128)")
     p.add_argument("--opt", choices=OPTIMIZERS, default="sgd", help="optimizer (default SGD, momentum 0.9)")
-    p.add_argument("--num-workers", type=_non_negative_int, default=0, help="data loader workers (default 0)")
+    p.add_argument("--loader", choices=LOADERS,
+                   help="--dataset: tensor (whole batches sliced from memory; the default) or torch (a DataLoader "
+                        "with per-sample transforms; the default when --num-workers > 0)")
+    p.add_argument("--num-workers", type=_non_negative_int, default=0,
+                   help="DataLoader worker processes (default 0); > 0 uses the DataLoader (--loader torch)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch table stays)")
@@ -287,6 +291,7 @@ def _check_fit(args: argparse.Namespace) -> None:
     if args.use_wd_sched and args.wds is None:
         raise CliError("--use-wd-sched needs --wds (the weight decay to schedule)")
     _check_arch(args)
+    _check_loader(args)
     _check_device(args.device)
     _check_folder("--out", args.out)
     if args.checkpoint is not None and args.checkpoint.is_dir():
@@ -306,6 +311,7 @@ def _check_lr_find(args: argparse.Namespace) -> None:
     if not args.end_lr > args.start_lr:
         raise CliError(f"--end-lr must be greater than --start-lr ({args.start_lr:g}); got {args.end_lr:g}")
     _check_arch(args)
+    _check_loader(args)
     _check_device(args.device)
     _check_plot_file("-o", args.output)
 
@@ -330,6 +336,15 @@ def _check_arch(args: argparse.Namespace) -> None:
     if (args.arch == "cnn1d") != (args.dataset == "mnist1d"):
         want = "cnn1d" if args.dataset == "mnist1d" else "resnet20 or resnet56"
         raise CliError(f"--arch {args.arch} does not fit --dataset {args.dataset}; use --arch {want}")
+
+
+def _check_loader(args: argparse.Namespace) -> None:
+    if args.loader is not None and args.data_folder is not None:
+        raise CliError("--loader applies to --dataset only; --data-folder reads image files through a DataLoader "
+                       "(use --num-workers to parallelise it)")
+    if args.loader == "tensor" and args.num_workers > 0:
+        raise CliError(f"--num-workers {args.num_workers} needs the DataLoader: the tensor loader (--loader tensor) "
+                       "runs no workers; drop --loader (or pass --loader torch), or drop --num-workers")
 
 
 def _check_device(device: str | None) -> None:
@@ -524,7 +539,7 @@ def _learner(args: argparse.Namespace, precision: dict | None = None, metrics: S
     arch = args.arch or ("cnn1d" if args.dataset == "mnist1d" else "resnet20")
     shape = input_shape(args.dataset)
     _setup(args, arch, args.device)
-    kwargs: dict[str, Any] = dict(num_workers=args.num_workers) if args.dataset != "mnist1d" else {}
+    kwargs: dict[str, Any] = dict(loader=args.loader, num_workers=args.num_workers)
     if args.download:
         kwargs["download"] = True
     data = get_data(args.dataset, args.data_path, bs=args.bs, **kwargs)

@@ -2,9 +2,9 @@
 
 A loader is a torch ``DataLoader`` or a :class:`clrfit.loaders.TensorLoader`
 (in-memory tensors sliced a whole batch at a time). ``from_tensors`` builds
-tensor loaders by default (``loader="tensor"``); ``loader="torch"`` gives the
-``TensorDataset`` + ``DataLoader`` pair instead. ``docs/data.md`` says when
-each fits.
+tensor loaders by default; ``loader="torch"`` (or ``num_workers > 0`` without
+a ``loader``) gives the ``TensorDataset`` + ``DataLoader`` pair instead.
+``docs/data.md`` says when each fits.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any, Union
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .loaders import LOADERS, ImageBatchTransform, TensorLoader, check_device
-from .validation import check_bool, check_choice, check_int
+from .loaders import ImageBatchTransform, TensorLoader, check_device, choose_loader
+from .validation import check_bool, check_int
 
 #: What ModelData accepts as a loader.
 Loader = Union[DataLoader, TensorLoader]
@@ -88,7 +88,7 @@ class ModelData:
         x_val: Any = None,
         y_val: Any = None,
         bs: int = 64,
-        loader: str = "tensor",
+        loader: str | None = None,
         device: str | torch.device | None = None,
         seed: int | None = None,
         trn_transform: ImageBatchTransform | None = None,
@@ -97,13 +97,15 @@ class ModelData:
     ) -> "ModelData":
         """Loaders over in-memory tensors (or numpy arrays): :class:`TensorLoader` s, or ``loader="torch"`` DataLoaders.
 
-        ``loader="tensor"`` (default): batches are slices of the tensors, kept on
-        ``device`` (e.g. ``"cuda"``: no host-to-device copy per step), shuffled
+        ``loader="tensor"`` (what the default ``None`` picks): batches are
+        slices of the tensors, kept on ``device`` (e.g. ``"cuda"``: no
+        host-to-device copy per step), shuffled
         from the loader's generator (``seed=None``: reseeded from the global
         torch RNG every epoch, like a DataLoader; ``seed=s``: one fixed
         stream); ``trn_transform`` / ``val_transform`` run on whole batches.
         Accepts ``val_bs``, ``shuffle``, ``drop_last`` and ``generator`` (the
-        training loader shuffles from it). ``loader="torch"``:
+        training loader shuffles from it). ``loader="torch"`` (what ``None``
+        picks when ``num_workers > 0`` asks for worker processes):
         ``TensorDataset`` + ``DataLoader`` as :meth:`from_datasets` builds them
         (``num_workers`` and other DataLoader options apply there).
 
@@ -113,14 +115,14 @@ class ModelData:
             x_val: validation inputs (pass with ``y_val``), or None for no validation set.
             y_val: validation targets, as many as ``x_val`` has samples, or None.
             bs: batch size per process (an integer >= 1).
-            loader: ``"tensor"`` (whole-batch slices, the default) or ``"torch"`` (a DataLoader).
+            loader: ``"tensor"`` (whole-batch slices), ``"torch"`` (a DataLoader), or None: ``"tensor"``, or ``"torch"`` when ``num_workers > 0``.
             device: with ``loader="tensor"``, where the tensors are kept (``"cpu"``, ``"cuda"``, ...); default: where they are.
             seed: with ``loader="tensor"``, a fixed shuffling seed (an integer), or None to draw from the global RNG each epoch.
             trn_transform: with ``loader="tensor"``, a :class:`clrfit.loaders.ImageBatchTransform` for training batches.
             val_transform: the same for validation batches.
-            **kwargs: ``val_bs``, ``shuffle``, ``drop_last``, ``generator``; with ``loader="torch"`` also DataLoader options.
+            **kwargs: ``val_bs``, ``shuffle``, ``drop_last``, ``generator``; with ``loader="torch"`` also ``num_workers`` and other DataLoader options.
         """
-        check_choice("loader", loader, LOADERS)
+        loader = choose_loader(loader, kwargs.get("num_workers", 0))
         x_trn, y_trn = _tensors("x_trn", x_trn, "y_trn", y_trn)
         if (x_val is None) != (y_val is None):
             raise ValueError("x_val and y_val: pass both or neither")
@@ -130,7 +132,8 @@ class ModelData:
                                 ("val_transform", val_transform)):
                 if value is not None:
                     raise ValueError(f"{name}={value!r} applies to loader='tensor' only; the DataLoader path "
-                                     "(loader='torch') copies each batch to the training device itself")
+                                     "(loader='torch', or num_workers > 0 without a loader) copies each batch to "
+                                     "the training device itself")
             trn_ds = TensorDataset(x_trn, y_trn)
             val_ds = None if val is None else TensorDataset(*val)
             return cls.from_datasets(trn_ds, val_ds, bs=bs, **kwargs)
@@ -140,11 +143,7 @@ class ModelData:
         shuffle = check_bool("shuffle", kwargs.pop("shuffle", True))
         drop_last = check_bool("drop_last", kwargs.pop("drop_last", False))
         generator = kwargs.pop("generator", None)
-        num_workers = check_int("num_workers", kwargs.pop("num_workers", 0), minimum=0)
-        if num_workers:
-            raise ValueError(f"num_workers={num_workers}: the tensor loader (loader='tensor', the default of "
-                             "from_tensors) slices memory directly and runs no workers; pass num_workers=0, "
-                             "or loader='torch' for a DataLoader with worker processes")
+        kwargs.pop("num_workers", None)  # 0 here: choose_loader sends workers to the DataLoader path
         if kwargs:
             raise TypeError(f"from_tensors got DataLoader option(s) {', '.join(sorted(kwargs))}, which apply to "
                             "loader='torch' only; the tensor loader takes bs, val_bs, shuffle, drop_last, seed, "
@@ -218,8 +217,21 @@ class ModelData:
         return f"ModelData(train={len(self.trn_dl.dataset)} samples / {len(self.trn_dl)} batches, valid={n_val} samples)"
 
 
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, Dataset):
+        raise TypeError(f"{name} must be a tensor or numpy array; got a {type(value).__name__} (a Dataset): pass "
+                        "datasets to ModelData.from_datasets, or their tensors here")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a tensor, a numpy array or a rectangular list of numbers; got a "
+                        f"{type(value).__name__} that torch.as_tensor cannot take ({err})") from None
+
+
 def _tensors(x_name: str, x: Any, y_name: str, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    xt, yt = _as_tensor(x_name, x), _as_tensor(y_name, y)
     if xt.ndim == 0 or yt.ndim == 0:
         raise ValueError(f"{x_name} and {y_name} must have a leading sample dimension; got shapes {tuple(xt.shape)} and {tuple(yt.shape)}")
     if len(xt) != len(yt):

@@ -6,6 +6,13 @@ templates, and the arrays are cached as ``.npz`` in the user cache folder
 ``cache_dir`` argument). CIFAR-10, MNIST and Fashion-MNIST are read from their
 usual on-disk formats under ``path``; ``download=True`` fetches them first
 through torchvision.
+
+Every dataset here fits in memory, so each is served by tensor loaders by
+default (:class:`clrfit.loaders.TensorLoader`: uint8 images kept in memory,
+crop, flip and normalisation on whole batches). ``loader="torch"`` gives the
+per-sample path instead (a ``Dataset`` with torchvision transforms behind a
+``DataLoader``), and is what ``num_workers > 0`` picks when no ``loader`` is
+named; ``docs/data.md`` says when each fits.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .data import ModelData
-from .loaders import LOADERS, ImageBatchTransform
+from .loaders import ImageBatchTransform, choose_loader
 from .validation import check_bool, check_choice, check_int
 
 CACHE_ENV = "CLRFIT_CACHE_DIR"
@@ -88,7 +95,11 @@ def mnist1d(
     cache_dir: str | Path | None = None,
     **loader_kwargs: Any,
 ) -> ModelData:
-    """MNIST-1D loaders (4000/1000 split by default), generated offline and cached."""
+    """MNIST-1D loaders (4000/1000 split by default), generated offline and cached.
+
+    ``loader_kwargs`` go to :meth:`ModelData.from_tensors`: tensor loaders by
+    default, ``loader="torch"`` (or ``num_workers > 0``) for DataLoaders.
+    """
     x_trn, y_trn, x_val, y_val = mnist1d_arrays(n_train, n_valid, seed, cache_dir)
     return ModelData.from_tensors(torch.from_numpy(x_trn), torch.from_numpy(y_trn),
                                   torch.from_numpy(x_val), torch.from_numpy(y_val), bs=bs, **loader_kwargs)
@@ -195,17 +206,20 @@ _CIFAR10_FILES = _CIFAR10_TRAIN + ["test_batch", "batches.meta"]
 
 
 def cifar10(path: str | Path, bs: int = 128, download: bool = False, augment: bool = True,
-            num_workers: int = 0, loader: str = "torch", **loader_kwargs: Any) -> ModelData:
+            num_workers: int = 0, loader: str | None = None, **loader_kwargs: Any) -> ModelData:
     """CIFAR-10 from ``path/cifar-10-batches-py`` (the python pickles); random crop 32 pad 4 + flip when ``augment``.
 
-    ``loader="torch"``: per-sample torchvision transforms in a DataLoader.
-    ``loader="tensor"``: the uint8 images stay in memory (``device=`` to keep
-    them on the GPU) and crop, flip and normalisation run on whole batches
-    (:class:`clrfit.loaders.ImageBatchTransform`).
+    ``loader="tensor"`` (what the default ``None`` picks): the uint8 images
+    stay in memory (``device=`` keeps them on the GPU) and crop, flip and
+    normalisation run on whole batches
+    (:class:`clrfit.loaders.ImageBatchTransform`). ``loader="torch"`` (what
+    ``None`` picks when ``num_workers > 0``): per-sample torchvision transforms
+    in a DataLoader. Both draw the same distribution of crops and flips.
+    ``data.classes`` holds the class names.
     """
     check_bool("download", download)
     check_bool("augment", augment)
-    check_choice("loader", loader, LOADERS)
+    loader = choose_loader(loader, num_workers)
     root = Path(path)
     folder = root / CIFAR10_FOLDER
     if download:
@@ -222,26 +236,40 @@ def cifar10(path: str | Path, bs: int = 128, download: bool = False, augment: bo
     x_val, y_val = _read_cifar_batches([folder / "test_batch"])
     classes = [_text(c) for c in _unpickle(folder / "batches.meta").get("label_names", [])]
     if loader == "tensor":
-        return _tensor_images("cifar10", x_trn, y_trn, x_val, y_val, bs, num_workers, CIFAR10_MEAN, CIFAR10_STD,
+        data = _tensor_images(x_trn, y_trn, x_val, y_val, bs, CIFAR10_MEAN, CIFAR10_STD,
                               padding=4 if augment else 0, flip=augment, **loader_kwargs)
-    trn_tfm = image_transform(CIFAR10_MEAN, CIFAR10_STD, crop=32 if augment else None, padding=4, flip=augment)
-    val_tfm = image_transform(CIFAR10_MEAN, CIFAR10_STD)
-    trn_ds = ImageArrayDataset(x_trn, y_trn, trn_tfm, classes)
-    val_ds = ImageArrayDataset(x_val, y_val, val_tfm, classes)
-    return ModelData.from_datasets(trn_ds, val_ds, bs=bs, num_workers=num_workers, **loader_kwargs)
+    else:
+        trn_tfm = image_transform(CIFAR10_MEAN, CIFAR10_STD, crop=32 if augment else None, padding=4, flip=augment)
+        val_tfm = image_transform(CIFAR10_MEAN, CIFAR10_STD)
+        trn_ds = ImageArrayDataset(x_trn, y_trn, trn_tfm, classes)
+        val_ds = ImageArrayDataset(x_val, y_val, val_tfm, classes)
+        data = ModelData.from_datasets(trn_ds, val_ds, bs=bs, num_workers=num_workers,
+                                       **_dataloader_kwargs("cifar10", loader_kwargs))
+    if classes:
+        data.classes, data.c = classes, len(classes)
+    return data
 
 
-def _tensor_images(name: str, x_trn: torch.Tensor, y_trn: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-                   bs: int, num_workers: int, mean, std, padding: int = 0, flip: bool = False,
-                   **loader_kwargs: Any) -> ModelData:
+def _tensor_images(x_trn: torch.Tensor, y_trn: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                   bs: int, mean, std, padding: int = 0, flip: bool = False, **loader_kwargs: Any) -> ModelData:
     """uint8 images in memory behind tensor loaders; transforms run on whole batches, on the data's device."""
-    if check_int("num_workers", num_workers, minimum=0):
-        raise ValueError(f"{name}: num_workers={num_workers} needs loader='torch'; loader='tensor' runs no workers "
-                         "(it slices the images in memory)")
     trn_tfm = ImageBatchTransform(mean, std, padding=padding, flip=flip)
     val_tfm = ImageBatchTransform(mean, std)
-    return ModelData.from_tensors(x_trn, y_trn, x_val, y_val, bs=bs, trn_transform=trn_tfm, val_transform=val_tfm,
-                                  **loader_kwargs)
+    return ModelData.from_tensors(x_trn, y_trn, x_val, y_val, bs=bs, loader="tensor", trn_transform=trn_tfm,
+                                  val_transform=val_tfm, **loader_kwargs)
+
+
+_TENSOR_ONLY = ("device", "seed", "trn_transform", "val_transform")
+
+
+def _dataloader_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for the DataLoader path, refusing the tensor loader's own options by name."""
+    for key in _TENSOR_ONLY:
+        if key in kwargs:
+            raise ValueError(f"{name}: {key}={kwargs[key]!r} applies to loader='tensor' only; the DataLoader path "
+                             "(loader='torch', or num_workers > 0 without a loader) copies each batch to the "
+                             "training device itself; drop it, or pass loader='tensor' (with num_workers=0)")
+    return kwargs
 
 
 def _unpickle(path: Path) -> dict:
@@ -273,26 +301,32 @@ _MNIST_FILES = {
 }
 
 
-def mnist(path: str | Path, bs: int = 128, download: bool = False, num_workers: int = 0, loader: str = "torch",
-          **loader_kwargs: Any) -> ModelData:
+def mnist(path: str | Path, bs: int = 128, download: bool = False, num_workers: int = 0,
+          loader: str | None = None, **loader_kwargs: Any) -> ModelData:
     """MNIST from ``path/MNIST/raw`` (idx files, torchvision's layout), normalised with mean 0.1307, std 0.3081.
 
-    ``loader="tensor"`` keeps the uint8 images in memory and normalises whole batches.
+    ``loader="tensor"`` (what the default ``None`` picks) keeps the uint8
+    images in memory and normalises whole batches; ``loader="torch"`` (what
+    ``None`` picks when ``num_workers > 0``) transforms each sample in a
+    DataLoader. Both give the same batches.
     """
     return _idx_images("MNIST", path, bs, download, MNIST_MEAN, MNIST_STD, num_workers, loader, **loader_kwargs)
 
 
 def fashion_mnist(path: str | Path, bs: int = 128, download: bool = False, num_workers: int = 0,
-                  loader: str = "torch", **loader_kwargs: Any) -> ModelData:
-    """Fashion-MNIST from ``path/FashionMNIST/raw`` (idx files), normalised with mean 0.2860, std 0.3530."""
+                  loader: str | None = None, **loader_kwargs: Any) -> ModelData:
+    """Fashion-MNIST from ``path/FashionMNIST/raw`` (idx files), normalised with mean 0.2860, std 0.3530.
+
+    ``loader`` and ``num_workers`` as in :func:`mnist`.
+    """
     return _idx_images("FashionMNIST", path, bs, download, FASHION_MNIST_MEAN, FASHION_MNIST_STD, num_workers,
                        loader, **loader_kwargs)
 
 
 def _idx_images(name: str, path: str | Path, bs: int, download: bool, mean, std, num_workers: int,
-                loader: str = "torch", **loader_kwargs: Any) -> ModelData:
+                loader: str | None = None, **loader_kwargs: Any) -> ModelData:
     check_bool("download", download)
-    check_choice("loader", loader, LOADERS)
+    loader = choose_loader(loader, num_workers)
     root = Path(path)
     raw = root / name / "raw"
     if download:
@@ -306,7 +340,6 @@ def _idx_images(name: str, path: str | Path, bs: int, download: bool, mean, std,
             f"{name} not found: {raw} lacks {', '.join(missing)}; pass download=True "
             f"(CLI: --download) to fetch it into {root}"
         )
-    tfm = image_transform(mean, std)
     arrays = []
     for train in (True, False):
         images_file, labels_file = _MNIST_FILES[train]
@@ -316,9 +349,11 @@ def _idx_images(name: str, path: str | Path, bs: int, download: bool, mean, std,
             raise ValueError(f"{raw}: {images_file} / {labels_file} are not matching image and label idx files")
         arrays += [torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64))]
     if loader == "tensor":
-        return _tensor_images(name, *arrays, bs, num_workers, mean, std, **loader_kwargs)
+        return _tensor_images(*arrays, bs, mean, std, **loader_kwargs)
+    tfm = image_transform(mean, std)
     sets = [ImageArrayDataset(arrays[0], arrays[1], tfm), ImageArrayDataset(arrays[2], arrays[3], tfm)]
-    return ModelData.from_datasets(sets[0], sets[1], bs=bs, num_workers=num_workers, **loader_kwargs)
+    return ModelData.from_datasets(sets[0], sets[1], bs=bs, num_workers=num_workers,
+                                   **_dataloader_kwargs(name, loader_kwargs))
 
 
 def _existing(p: Path) -> Path:

@@ -33,9 +33,25 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from .validation import check_bool, check_int, check_number
+from .validation import LOADERS, check_bool, check_choice, check_int, check_number
 
-LOADERS = ("tensor", "torch")
+
+def choose_loader(loader: str | None, num_workers: Any) -> str:
+    """The loader that in-memory data gets: ``loader``, else ``"tensor"``, or ``"torch"`` when ``num_workers > 0``.
+
+    Worker processes only exist for a torch ``DataLoader``, so asking for them
+    (``num_workers > 0``) without naming a loader picks the DataLoader path;
+    ``loader="tensor"`` with workers is a contradiction and raises.
+    """
+    num_workers = check_int("num_workers", num_workers, minimum=0)
+    if loader is None:
+        return "torch" if num_workers else "tensor"
+    check_choice("loader", loader, LOADERS, " (or None: 'tensor', or 'torch' when num_workers > 0)")
+    if loader == "tensor" and num_workers:
+        raise ValueError(f"num_workers={num_workers} with loader='tensor': the tensor loader slices memory in the "
+                         "training process and runs no workers; pass num_workers=0, or loader='torch' (or leave "
+                         "loader=None) for a DataLoader with worker processes")
+    return loader
 
 
 # ---------------------------------------------------------------------- the data order

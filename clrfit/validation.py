@@ -36,6 +36,8 @@ ARCHS = ("cnn1d", "resnet20", "resnet56")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: ``ModelData.from_folder`` / ``from_csv`` normalisation: the data's own statistics, ImageNet's, or none.
 NORMALIZE = ("data", "imagenet", None)
+#: In-memory loaders: ``clrfit.loaders.TensorLoader`` (whole batches sliced) or torch's DataLoader.
+LOADERS = ("tensor", "torch")
 
 _NO_VALUE = object()
 _LEADING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

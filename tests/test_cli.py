@@ -93,6 +93,10 @@ def one_line_error(err: str) -> str:
     (["fit", "--lr", "0.1", "--cycle-len", "1", "--use-clr-beta", "10,130"], "--use-clr-beta"),
     (["fit", "--lr", "0.1", "--arch", "resnet20"], "--arch"),
     (["fit", "--lr", "0.1", "--dataset", "cifar10", "--arch", "cnn1d"], "--arch"),
+    (["fit", "--lr", "0.1", "--loader", "gpu"], "--loader"),
+    (["fit", "--lr", "0.1", "--loader", "tensor", "--num-workers", "2"], "--num-workers"),
+    (["fit", "--lr", "0.1", "--num-workers", "-1"], "--num-workers"),
+    (["lr-find", "--loader", "torch", "--data-folder", "."], "--loader"),
     (["lr-find", "--num-it", "0"], "--num-it"),
     (["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "--end-lr"),
     (["lr-find", "-o", "plot.jpg2"], "-o"),
@@ -294,6 +298,17 @@ def test_fit_passes_every_option_to_the_learner(tiny_data, monkeypatch, tmp_path
     assert learn.precision.name == "bf16" and learn.progress is False
     assert torch.get_num_threads() == 2
     assert tiny_data[-1]["name"] == "mnist1d" and tiny_data[-1]["bs"] == 32
+    assert tiny_data[-1]["loader"] is None and tiny_data[-1]["num_workers"] == 0  # the library's default: tensor
+
+
+@pytest.mark.parametrize("flags,loader,workers", [([], None, 0), (["--loader", "torch"], "torch", 0),
+                                                  (["--num-workers", "2"], None, 2),
+                                                  (["--loader", "tensor"], "tensor", 0)])
+def test_loader_and_num_workers_reach_the_dataset(flags, loader, workers, tiny_data, monkeypatch, capsys):
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **k: self.sched)
+    code, out, err = run(["fit", "--dataset", "cifar10", "--lr", "0.1", "--no-progress", *flags], capsys)
+    assert code == 0, err
+    assert tiny_data[-1]["loader"] == loader and tiny_data[-1]["num_workers"] == workers
 
 
 def test_fit_defaults_and_fp16_flag(tiny_data, monkeypatch, capsys):

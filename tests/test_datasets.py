@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from clrfit import ModelData
 from clrfit import datasets
@@ -28,6 +29,7 @@ from clrfit.datasets import (
     mnist1d_arrays,
     read_idx,
 )
+from clrfit.loaders import TensorLoader
 
 
 # --------------------------------------------------------------------------- MNIST-1D
@@ -130,14 +132,19 @@ def test_mnist1d_bad_arguments(tmp_path, kwargs):
 # --------------------------------------------------------------------------- CIFAR-10 on disk
 
 
-def write_fake_cifar10(root: Path, per_batch: int = 3, n_test: int = 4) -> dict:
-    """The real on-disk layout: cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta (pickles)."""
+def write_fake_cifar10(root: Path, per_batch: int = 3, n_test: int = 4, image: np.ndarray | None = None) -> dict:
+    """The real on-disk layout: cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta (pickles).
+
+    Images are random bytes, or every training image is ``image`` (3072 bytes) when given.
+    """
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     out = {"train_x": [], "train_y": []}
     for i in range(1, 6):
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        if image is not None:
+            data[:] = image.reshape(1, 3072)
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
         with open(folder / f"data_batch_{i}", "wb") as f:
             pickle.dump({"batch_label": f"training batch {i} of 5", "labels": labels, "data": data,
@@ -166,9 +173,9 @@ def _normalised(raw: np.ndarray, mean, std) -> torch.Tensor:
 
 def test_cifar10_reads_the_real_format(tmp_path):
     fake = write_fake_cifar10(tmp_path)
-    data = cifar10(tmp_path, bs=4, augment=False)
+    data = cifar10(tmp_path, bs=4, augment=False, loader="torch")
     assert len(data.trn_ds) == 15 and len(data.val_ds) == 4
-    assert data.trn_ds.classes == fake["names"]
+    assert data.trn_ds.classes == data.classes == fake["names"] and data.c == 10
     x, y = data.trn_ds[7]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert int(y) == fake["train_y"][7]
@@ -182,7 +189,7 @@ def test_cifar10_reads_the_real_format(tmp_path):
 
 def test_cifar10_augmentation_crops_with_zero_padding_and_flips(tmp_path):
     fake = write_fake_cifar10(tmp_path)
-    data = cifar10(tmp_path, bs=4, augment=True)
+    data = cifar10(tmp_path, bs=4, augment=True, loader="torch")
     clean = _normalised(fake["train_x"][0].reshape(3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
     pad = _normalised(np.zeros((3, 1, 1)), CIFAR10_MEAN, CIFAR10_STD)  # black padding, normalised
     padded = pad.expand(3, 40, 40).clone()
@@ -247,7 +254,7 @@ def write_fake_mnist(root: Path, folder: str = "MNIST", n_train: int = 6, n_test
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_reads_idx_files(tmp_path, compress):
     fake = write_fake_mnist(tmp_path, compress=compress)
-    data = mnist(tmp_path, bs=4)
+    data = mnist(tmp_path, bs=4, loader="torch")
     assert len(data.trn_ds) == 6 and len(data.val_ds) == 5
     x, y = data.trn_ds[3]
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -260,7 +267,7 @@ def test_mnist_reads_idx_files(tmp_path, compress):
 
 def test_fashion_mnist_uses_its_folder_and_statistics(tmp_path):
     fake = write_fake_mnist(tmp_path, folder="FashionMNIST")
-    data = fashion_mnist(tmp_path, bs=2)
+    data = fashion_mnist(tmp_path, bs=2, loader="torch")
     x, _ = data.val_ds[4]
     torch.testing.assert_close(x, _normalised(fake["t10k-images-idx3-ubyte"][4][None], FASHION_MNIST_MEAN,
                                               FASHION_MNIST_STD))
@@ -301,11 +308,10 @@ def test_get_data_dispatches_by_name(tmp_path):
 
 
 def test_cifar10_tensor_loader_normalises_and_augments_whole_batches(tmp_path):
-    from clrfit.loaders import TensorLoader
-
     fake = write_fake_cifar10(tmp_path)
-    data = cifar10(tmp_path, bs=4, loader="tensor", augment=True)
+    data = cifar10(tmp_path, bs=4, augment=True)  # the tensor loader is the default
     assert isinstance(data.trn_dl, TensorLoader) and data.trn_ds.tensors[0].dtype == torch.uint8
+    assert data.classes == fake["names"] and data.c == 10
     xv, yv = next(iter(data.val_dl))  # validation: normalised, never augmented, in order
     expected = torch.stack([_normalised(fake["test_x"][i].reshape(3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
                             for i in range(4)])
@@ -326,16 +332,13 @@ def test_cifar10_tensor_loader_normalises_and_augments_whole_batches(tmp_path):
         shifted += all((a, b) != (4, 4) for a, b, _ in matches)
         flipped += all(f for *_, f in matches)
     assert shifted > 0 and flipped > 0
-    with pytest.raises(ValueError, match="num_workers=2 needs loader='torch'"):
-        cifar10(tmp_path, loader="tensor", num_workers=2)
-    with pytest.raises(ValueError, match="loader must be one of"):
-        cifar10(tmp_path, loader="gpu")
 
 
 def test_mnist_tensor_loader_matches_the_dataloader_path(tmp_path):
     write_fake_mnist(tmp_path)
-    by_tensor = mnist(tmp_path, bs=3, loader="tensor", shuffle=False)
-    by_torch = mnist(tmp_path, bs=3, shuffle=False)
+    by_tensor = mnist(tmp_path, bs=3, shuffle=False)
+    by_torch = mnist(tmp_path, bs=3, shuffle=False, loader="torch")
+    assert isinstance(by_tensor.trn_dl, TensorLoader) and isinstance(by_torch.trn_dl, DataLoader)
     for (xa, ya), (xb, yb) in zip(list(by_tensor.trn_dl) + list(by_tensor.val_dl), list(by_torch.trn_dl) + list(by_torch.val_dl)):
         torch.testing.assert_close(xa, xb)
         assert torch.equal(ya, yb)
@@ -343,9 +346,98 @@ def test_mnist_tensor_loader_matches_the_dataloader_path(tmp_path):
 
 
 def test_mnist1d_uses_tensor_loaders_unless_told_otherwise(tmp_path):
-    from torch.utils.data import DataLoader
-
-    from clrfit.loaders import TensorLoader
-
     assert isinstance(mnist1d(40, 20, bs=8, cache_dir=tmp_path).trn_dl, TensorLoader)
     assert isinstance(mnist1d(40, 20, bs=8, cache_dir=tmp_path, loader="torch").trn_dl, DataLoader)
+    assert isinstance(mnist1d(40, 20, bs=8, cache_dir=tmp_path, num_workers=1).trn_dl, DataLoader)
+
+
+def _position_code() -> np.ndarray:
+    """A CIFAR image whose pixels say where they are: channel 0 = 1 + 7 * row, channel 1 = 1 + 7 * column."""
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    return np.stack([1 + 7 * rows, 1 + 7 * cols, np.full((32, 32), 128)]).astype(np.uint8)
+
+
+def _crop_and_flip(images: torch.Tensor) -> list[tuple[int, int, bool]]:
+    """(row offset, column offset, flipped) of augmented position-coded images (offsets 0..8 into the padded image)."""
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    raw = (images * std + mean).mul(255).round().long()
+    # Pixel (16, 16) of a window at offset (a, b) of the image padded by 4 is never padding: it shows
+    # image row 12 + a and column 12 + b, or column 11 + b when the window is mirrored (it reads column 15).
+    row = (raw[:, 0, 16, 16] - 1) // 7
+    col = (raw[:, 1, 16, 16] - 1) // 7
+    flipped = raw[:, 1, 16, 17] < raw[:, 1, 16, 16]
+    return [(int(r) - 12, int(c) - (11 if f else 12), bool(f)) for r, c, f in zip(row, col, flipped)]
+
+
+def test_cifar10_augmentation_has_the_same_statistics_on_both_loaders(tmp_path):
+    """Crop offsets uniform over 0..8 in each direction and flips with probability 1/2, on both paths alike."""
+    from scipy.stats import chi2_contingency, chisquare
+
+    write_fake_cifar10(tmp_path, per_batch=40, image=_position_code())
+    torch.manual_seed(0)
+    draws = {}
+    for loader in ("tensor", "torch"):
+        data = cifar10(tmp_path, bs=50, loader=loader)
+        draws[loader] = [c for _ in range(20) for xb, _ in data.trn_dl for c in _crop_and_flip(xb)]
+    for loader, choices in draws.items():
+        assert len(choices) == 20 * 200
+        for k in (0, 1):
+            counts = np.bincount([c[k] for c in choices], minlength=9)
+            assert len(counts) == 9 and counts.min() > 0, (loader, k, counts)
+            assert chisquare(counts).pvalue > 1e-3, (loader, k, counts)
+        flips = sum(c[2] for c in choices)
+        assert abs(flips - len(choices) / 2) < 4 * (len(choices) / 4) ** 0.5, (loader, flips)
+    for k in (0, 1):  # the two paths' offset histograms agree with each other too
+        table = [np.bincount([c[k] for c in draws[p]], minlength=9) for p in draws]
+        assert chi2_contingency(table).pvalue > 1e-3, table
+    # The decoding reads back exactly the choices the tensor loader drew (order, then crops and flips).
+    data = cifar10(tmp_path, bs=50, seed=5)
+    g = torch.Generator().manual_seed(5)
+    torch.randperm(200, generator=g)
+    drawn = data.trn_dl.transform.draw(200, g)
+    decoded = [c for xb, _ in data.trn_dl for c in _crop_and_flip(xb)]
+    assert decoded == [(int(a), int(b), bool(f)) for a, b, f in drawn]
+
+
+def test_cifar10_both_loaders_normalise_alike(tmp_path):
+    """Without augmentation the tensor and torch paths give the same tensors, batch for batch."""
+    write_fake_cifar10(tmp_path)
+    by_tensor = cifar10(tmp_path, bs=4, augment=False, shuffle=False)
+    by_torch = cifar10(tmp_path, bs=4, augment=False, shuffle=False, loader="torch")
+    pairs = list(zip(list(by_tensor.trn_dl) + list(by_tensor.val_dl), list(by_torch.trn_dl) + list(by_torch.val_dl)))
+    assert len(pairs) == len(by_torch.trn_dl) + len(by_torch.val_dl) == 5
+    for (xa, ya), (xb, yb) in pairs:
+        assert xa.dtype == xb.dtype == torch.float32 and xa.is_contiguous()
+        torch.testing.assert_close(xa, xb, rtol=0, atol=1e-6)
+        assert torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("reader", ["cifar10", "mnist", "fashion_mnist"])
+def test_image_sets_pick_the_loader_from_loader_and_num_workers(tmp_path, reader):
+    if reader == "cifar10":
+        write_fake_cifar10(tmp_path)
+    else:
+        write_fake_mnist(tmp_path, folder="MNIST" if reader == "mnist" else "FashionMNIST")
+    read = getattr(datasets, reader)
+    assert isinstance(read(tmp_path, bs=2).trn_dl, TensorLoader)
+    assert isinstance(read(tmp_path, bs=2, loader="tensor").val_dl, TensorLoader)
+    assert isinstance(read(tmp_path, bs=2, loader="torch").trn_dl, DataLoader)
+    workers = read(tmp_path, bs=2, num_workers=1)  # workers exist only for a DataLoader: that path
+    assert isinstance(workers.trn_dl, DataLoader) and workers.trn_dl.num_workers == 1
+    with pytest.raises(ValueError, match=r"num_workers=2 with loader='tensor'.*loader='torch'"):
+        read(tmp_path, loader="tensor", num_workers=2)
+    with pytest.raises(ValueError, match=r"loader must be one of 'tensor', 'torch'.*got 'gpu'"):
+        read(tmp_path, loader="gpu")
+    with pytest.raises(ValueError, match="num_workers"):
+        read(tmp_path, num_workers=-1)
+    with pytest.raises(ValueError, match=r"device='cpu' applies to loader='tensor' only"):
+        read(tmp_path, loader="torch", device="cpu")
+    with pytest.raises(ValueError, match=r"seed=3 applies to loader='tensor' only"):
+        read(tmp_path, num_workers=1, seed=3)
+    with pytest.raises(TypeError, match="pin_memory"):
+        read(tmp_path, pin_memory=True)  # a DataLoader option given to the tensor loader
+    with pytest.raises(ValueError, match=r"device='cuda:9'.*available: cpu"):
+        read(tmp_path, device="cuda:9")
+    with pytest.raises(ValueError, match=r"bs=100 with drop_last=True leaves no training batch"):
+        read(tmp_path, bs=100, drop_last=True)

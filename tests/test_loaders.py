@@ -381,11 +381,25 @@ def test_cuda_data_is_served_from_the_gpu():
     (lambda: ImageBatchTransform(mean=(0.5,)), ValueError, "mean and std: pass both"),
     (lambda: ImageBatchTransform(padding=-1), ValueError, "padding must be an integer >= 0"),
     (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), loader="fast"), ValueError,
-     r"loader must be one of 'tensor', 'torch'; got 'fast'"),
+     r"loader must be one of 'tensor', 'torch' \(or None: 'tensor', or 'torch' when num_workers > 0\); got 'fast'"),
     (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), bs=8, drop_last=True), ValueError,
      r"bs=8 with drop_last=True leaves no training batch"),
-    (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), num_workers=2), ValueError,
-     r"num_workers=2: the tensor loader .* loader='torch'"),
+    (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), loader="tensor", num_workers=2), ValueError,
+     r"num_workers=2 with loader='tensor': the tensor loader .* loader='torch'"),
+    (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), num_workers=-1), ValueError,
+     r"num_workers must be an integer >= 0"),
+    (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(4)), ValueError,
+     r"x_trn and y_trn must have the same number of samples; got 5 and 4"),
+    (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), torch.zeros(3, 2), torch.zeros(2)), ValueError,
+     r"x_val and y_val must have the same number of samples; got 3 and 2"),
+    (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), torch.zeros(3, 2)), ValueError,
+     r"x_val and y_val: pass both or neither"),
+    (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), device="cuda:9"), ValueError,
+     r"device='cuda:9'.*available: cpu"),
+    (lambda: ModelData.from_tensors(TensorDataset(torch.zeros(5, 2)), torch.zeros(5)), TypeError,
+     r"x_trn must be a tensor or numpy array; got a TensorDataset \(a Dataset\).*from_datasets"),
+    (lambda: ModelData.from_tensors(torch.zeros(5, 2), ["a", "b", "c", "d", "e"]), TypeError,
+     r"y_trn must be a tensor, a numpy array or a rectangular list of numbers; got a list"),
     (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), collate_fn=None), TypeError,
      r"DataLoader option\(s\) collate_fn"),
     (lambda: ModelData.from_tensors(torch.zeros(5, 2), torch.zeros(5), loader="torch", device="cpu"), ValueError,
@@ -413,12 +427,39 @@ def test_bad_state_dict_is_refused():
 # ---------------------------------------------------------------------- the benchmark
 
 
+def _data_path_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("data_path_benchmark", ROOT / "benchmarks" / "data_path.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_path_statistics_and_fetch_clock():
+    bench = _data_path_module()
+    assert bench.median_ci([float(v) for v in range(1, 11)]) == (2.0, 9.0)  # n=10: order statistics 2 and 9
+    assert bench.median_ci([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)  # n=6: the extremes (coverage 96.9%)
+    assert bench.median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) is None  # n=5: no 95% interval exists
+    text = bench.summary([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert text == "5.500 (IQR 3.250-7.750, range 1.000-10.000, 95% CI 2.000-9.000, n=10)"
+    assert len(bench.ORDERS) == 6 and {o[0] for o in bench.ORDERS} == set(bench.PATHS)
+    x, y = torch.arange(20.0).view(10, 2), torch.arange(10)
+    clock = bench.FetchClock()
+    wrap = clock.wrapper()
+    loaders = [wrap(TensorLoader(x, y, batch_size=4)), wrap(DataLoader(TensorDataset(x, y), batch_size=4))]
+    assert isinstance(loaders[0], TensorLoader) and isinstance(loaders[1], DataLoader)
+    for a, b in zip(*loaders):  # the clocked loaders still serve the same batches
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert clock.seconds["train"] > 0 and clock.seconds["val"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_data_path_benchmark_runs_and_reports_ratios(tmp_path):
     env = dict(os.environ, CLRFIT_CACHE_DIR=str(tmp_path / "cache"), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_path.py"), "--rounds", "1", "--epochs", "1",
-                           "--n-train", "512", "--n-valid", "256"],
+                           "--split-rounds", "1", "--n-train", "512", "--n-valid", "256"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -431,8 +472,19 @@ def test_data_path_benchmark_runs_and_reports_ratios(tmp_path):
             # The times are printed to 1 ms: the ratio must lie within what that rounding allows (plus its own rounding).
             low, high = (t - 5e-4) / (raw + 5e-4), (t + 5e-4) / max(raw - 5e-4, 1e-9)
             assert low - 5e-4 <= ratio <= high + 5e-4, (ratio, t, raw)
+        wall = re.search(rf"{model}  c/a wall ([0-9.]+) \(IQR ([0-9.]+)-([0-9.]+), range ([0-9.]+)-([0-9.]+), n=1\)", out)
+        assert wall and float(wall.group(1)) == c_a, out  # one round: every statistic is that round's ratio
+        assert len(set(wall.groups())) == 1, out
+        assert re.search(rf"{model}  c/a cpu  [0-9.]+ \(IQR", out), out
+        for path in ("raw", "dataloader", "tensor"):
+            parts = re.search(rf"{model}    {path}\s+total\s+([0-9.]+)\s+train fetch\s+([0-9.]+)\s+"
+                              rf"val fetch\s+([0-9.]+)\s+rest\s+(-?[0-9.]+)", out)
+            assert parts, out
+            total, train, val, rest = map(float, parts.groups())
+            assert total == pytest.approx(train + val + rest, abs=0.02) and train > 0 and val > 0
         acc = re.search(rf"{model} accuracy raw ([0-9.]+) dataloader ([0-9.]+) tensor ([0-9.]+)", out)
         assert acc, out
         a, b, c = map(float, acc.groups())
         assert a == b  # the DataLoader path and the raw loop train on the same batches: same weights
         assert 0.0 <= c <= 1.0
+        assert "raw and dataloader identical weights every round: True" in out
