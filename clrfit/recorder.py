@@ -79,9 +79,8 @@ class Recorder(Callback):
 
     def on_batch_end(self) -> None:
         if self.record_step():
-            pending = self._pending
-            pending.append(self.learn.step_loss)
-            if len(pending) >= self.flush_every:
+            self._pending.append(self.learn.step_loss)
+            if len(self._pending) >= self.flush_every:
                 self.flush()
 
     def record_step(self) -> bool:
@@ -125,12 +124,8 @@ class Recorder(Callback):
             stacked = None
         if stacked is None or stacked.shape != (len(pending),):
             stacked = torch.stack([p.detach().float().reshape(()).to(pending[0].device) for p in pending])
-        raw, smooth, avg = self.raw_losses_, self.losses_, self.avg_loss
-        for value in stacked.float().cpu().tolist():  # add_loss for each, in one loop
-            raw.append(value)
-            avg = SMOOTHING * avg + (1 - SMOOTHING) * value
-            smooth.append(avg / (1 - SMOOTHING ** len(raw)))
-        self.avg_loss = avg
+        for value in stacked.float().cpu().tolist():
+            self.add_loss(value)
 
     def add_loss(self, value: float) -> float:
         """Append one raw loss and its smoothed value; returns the smoothed value."""

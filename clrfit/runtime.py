@@ -111,17 +111,11 @@ class Runtime:
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward pass (scaled under fp16)."""
-        if self.precision.scaler is None:
-            loss.backward()
-        else:
-            self.precision.backward(loss)
+        self.precision.backward(loss)
 
     def step(self, opt: torch.optim.Optimizer) -> None:
         """``opt.step()`` (through the fp16 gradient scaler when there is one)."""
-        if self.precision.scaler is None:
-            opt.step()
-        else:
-            self.precision.step(opt)
+        self.precision.step(opt)
 
     def evaluate(self, model: nn.Module, batch: Any, crit: Callable, metrics: Sequence[Callable]) -> torch.Tensor:
         """``[loss * n, n, metric * n, ...]`` of one batch as a float64 device tensor (``model`` in eval mode).

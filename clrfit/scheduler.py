@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from .callback import Callback
-from .optim import momentum_key
+from .optim import momentum_key, set_momentum
 from .schedules import Schedule
 
 
@@ -58,8 +58,6 @@ class ParamScheduler(Callback):
                     group["weight_decay"] = wd
                 elif "weight_decay" in group:
                     group["weight_decay"] = 0.0
-        # Where each group keeps its momentum, looked up once: the step only writes values.
-        self._betas = [momentum_key(g) == "betas" for g in self.learn.opt.param_groups]
 
     def on_batch_begin(self) -> None:
         state, groups = self.learn.state, self.learn.opt.param_groups
@@ -69,11 +67,8 @@ class ParamScheduler(Callback):
         for group, lr in zip(groups, lrs):
             group["lr"] = lr
         if moms is not None:
-            for group, mom, betas in zip(groups, moms, self._betas):
-                if betas:
-                    group["betas"] = (mom, *tuple(group["betas"])[1:])
-                else:
-                    group["momentum"] = mom
+            for group, mom in zip(groups, moms):
+                set_momentum(group, mom)
 
 
 class DecoupledWeightDecay(Callback):

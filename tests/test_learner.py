@@ -331,6 +331,18 @@ def test_recorder_keeps_device_losses_until_flush():
     assert rec.raw_losses[-2:] == [1.0, 2.0] and len(rec.raw_losses) == n + 2
 
 
+def test_recorder_flush_reads_back_losses_of_any_shape_and_dtype():
+    """0-d float32 losses stack in one call; one-element, float64 and mixed ones are read back the same."""
+    learn = make_learner()
+    learn.fit(0.1, 1)
+    rec = learn.sched
+    for pending in ([torch.tensor(1.5), torch.tensor(2.5)], [torch.tensor([1.5]), torch.tensor([2.5])],
+                    [torch.tensor(1.5, dtype=torch.float64), torch.tensor([2.5])]):
+        n = len(rec.raw_losses_)
+        rec._pending = list(pending)
+        assert rec.raw_losses[n:] == [1.5, 2.5] and len(rec.losses) == n + 2 and rec._pending == []
+
+
 def test_fit_creates_new_recorder_each_time():
     learn = make_learner()
     first = learn.fit(0.1, 1)

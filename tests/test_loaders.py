@@ -488,3 +488,16 @@ def test_data_path_benchmark_runs_and_reports_ratios(tmp_path):
         assert a == b  # the DataLoader path and the raw loop train on the same batches: same weights
         assert 0.0 <= c <= 1.0
         assert "raw and dataloader identical weights every round: True" in out
+
+
+def test_len_follows_a_changed_batch_size_or_shard():
+    """The batch spans are computed once per layout, and again when batch size, drop_last or the shard change."""
+    x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+    dl = TensorLoader(x, y, batch_size=4)
+    assert len(dl) == 3 and [len(b[0]) for b in dl] == [4, 4, 2]
+    dl.batch_size = 5
+    assert len(dl) == 2 and [len(b[0]) for b in dl] == [5, 5]
+    dl.drop_last, dl.batch_size = True, 4
+    assert len(dl) == 2 and [len(b[0]) for b in dl] == [4, 4]
+    dl.world_size, dl.rank, dl.drop_last = 2, 1, False
+    assert [b[1].tolist() for b in dl] == [[4, 5, 6, 7], [9]]  # the short last global batch split 1 + 1
