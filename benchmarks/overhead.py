@@ -187,7 +187,7 @@ def opcodes(args: argparse.Namespace) -> None:
     print(f"Python instructions per step: learner {per_step['learner']:.0f}, raw {per_step['raw']:.0f}, "
           f"framework {per_step['learner'] - per_step['raw']:.0f}")
     extra = Counter({k: v - counts["raw"].get(k, 0) for k, v in counts["learner"].items()})
-    for where, n in extra.most_common(15):
+    for where, n in extra.most_common(int(__import__("os").environ.get("TOPN", 15))):
         print(f"  {n / steps:7.1f}  {where}")
 
 

@@ -179,7 +179,9 @@ class DivergenceGuard(Callback):
         first_new, self.checked = self.checked, len(losses)
         if first_new == len(losses):
             return
-        bad = next((j for j in range(first_new, len(losses)) if not math.isfinite(losses[j])), None)
+        bad = None
+        if not all(map(math.isfinite, losses[first_new:])):
+            bad = next(j for j in range(first_new, len(losses)) if not math.isfinite(losses[j]))
         # Every rank reads back at the same steps; all must stop together or the others hang in a collective.
         if self.learn.dist.any_rank(bad is not None):
             if bad is None:

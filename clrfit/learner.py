@@ -47,6 +47,7 @@ from .suggest import Suggestions
 from .validation import ON_NAN, ArgumentError, as_group_values, check_bool, check_choice, check_int, fail
 
 _CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
+_BATCH_CANCELS = _CANCELS[:1]
 #: The options every fit passes on to :meth:`Learner.train` as they are (each fit's signature spells them out).
 FIT_OPTIONS = ("wds", "callbacks", "metrics", "use_wd_sched", "norm_wds", "wds_sched_mult", "accumulate", "compile",
                "checkpoint", "checkpoint_every", "resume", "on_nan")
@@ -517,7 +518,7 @@ class Learner:
         self._cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self._cbs:
             cb.learn = self
-        self._handlers = {e: [getattr(cb, e) for cb in self._cbs if _overrides(cb, e)] for e in EVENTS}
+        self._handlers = {e: tuple(getattr(cb, e) for cb in self._cbs if _overrides(cb, e)) for e in EVENTS}
         self._interrupt_requested = False
         self._stopped_by = ""
         self._running = True
@@ -594,7 +595,8 @@ class Learner:
         """
         begin, end = _SCOPE_EVENTS[name]
         try:
-            self._fire(begin)
+            for handler in self._handlers[begin]:
+                handler()
             body(*args)
         except cancels:
             pass
@@ -621,7 +623,7 @@ class Learner:
         for micro_batches in self._epoch_steps():
             self.step_loss = None  # set once the step's forward passes are done: a step cancelled before has no loss
             try:
-                self._scope("batch", self._one_step, _CANCELS[:1], micro_batches)
+                self._scope("batch", self._one_step, _BATCH_CANCELS, micro_batches)
             except (CancelEpochException, CancelFitException) as cancel:
                 if agree:  # the other ranks stop at this step too
                     self._stop_if_agreed(cancel)
@@ -663,7 +665,7 @@ class Learner:
         if self._grads_left:
             self.opt.zero_grad(set_to_none=True)
         self._grads_left = True
-        n = len(micro_batches)
+        n, handlers = len(micro_batches), self._handlers
         if n == 1:
             self.step_loss = self._forward_backward(micro_batches[0], 1)
         else:  # accumulation: the mean of the micro-batches' losses, gradients reduced once (DDP no_sync before)
@@ -673,9 +675,11 @@ class Learner:
                     loss = self._forward_backward(batch, n)
                 total = loss if total is None else total + loss
             self.step_loss = total / n
-        self._fire("on_backward_end")
+        for handler in handlers["on_backward_end"]:
+            handler()
         self.runtime.step(self.opt)
-        self._fire("on_step_end")
+        for handler in handlers["on_step_end"]:
+            handler()
         self.opt.zero_grad(set_to_none=True)
         self._grads_left = False
 
@@ -683,7 +687,8 @@ class Learner:
         """Forward, loss, ``on_loss`` and backward (of ``loss / n``) of one micro-batch; its loss, detached."""
         self.xb, self.yb = self.runtime.to_device(batch)
         self.pred, self.loss = self.runtime.forward(self.train_model, self.xb, self.yb, self.crit)
-        self._fire("on_loss")
+        for handler in self._handlers["on_loss"]:
+            handler()
         self.runtime.backward(self.loss / n if n > 1 else self.loss)
         return self.loss.detach()
 

@@ -46,6 +46,8 @@ class Precision:
         self.device = device
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name)
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+        if self.scaler is None:  # nothing to scale: the hot loop calls these with no branch
+            self.backward, self.step = _backward, _step
 
     def autocast(self):
         """Context manager for the forward pass and loss."""
@@ -86,3 +88,11 @@ class Precision:
 
     def __repr__(self) -> str:
         return f"Precision({self.name!r}, device={self.device})"
+
+
+def _backward(loss: torch.Tensor) -> None:
+    loss.backward()
+
+
+def _step(opt: torch.optim.Optimizer) -> None:
+    opt.step()

@@ -1,8 +1,8 @@
 """The recorder: what one fit (or range test) really used and measured.
 
 ``learn.sched`` is a :class:`Recorder`. Hyper-parameters are read back from the
-optimizer's param groups after the schedule set them, so they are what the
-optimizer used. Losses are kept on the device and read back in batches
+optimizer's param groups when the step is done (``on_batch_end``), so they are
+what the optimizer stepped with, whichever callback set them. Losses are kept on the device and read back in batches
 (every ``flush_every`` = 32 steps on every device, at epoch end, and whenever a
 list is read), so recording adds no per-step host sync; the divergence guard
 checks the losses at those same points (see :mod:`clrfit.checkpoint`).
@@ -27,7 +27,7 @@ SMOOTHING = 0.98
 class Recorder(Callback):
     """History of the last fit: plain lists of floats, plus plots."""
 
-    order = 50  # after the schedule (order 10) has set this batch's values
+    order = 50  # after the schedule (order 10); reads the step back at on_batch_end
     flush_every = 32
 
     def __init__(self) -> None:
@@ -42,7 +42,6 @@ class Recorder(Callback):
         self.epochs: list[int] = []
         self.avg_loss = 0.0
         self._pending: list[torch.Tensor] = []
-        self._step: tuple[int, list[float], list[float | None]] | None = None  # read at on_batch_begin
 
     # ------------------------------------------------------------------ lists
     @property
@@ -73,30 +72,29 @@ class Recorder(Callback):
 
         self.momentum_label = momentum_label(self.learn.opt.param_groups[0])
 
-    def on_batch_begin(self) -> None:
-        groups = self.learn.opt.param_groups
-        self._step = (self.learn.state.iteration, [float(g["lr"]) for g in groups], [get_momentum(g) for g in groups])
-
     def on_batch_end(self) -> None:
         if self.record_step():
-            self._pending.append(self.learn.step_loss)
-            if len(self._pending) >= self.flush_every:
+            pending = self._pending
+            pending.append(self.learn.step_loss)
+            if len(pending) >= self.flush_every:
                 self.flush()
 
     def record_step(self) -> bool:
         """Append this step's iteration, lrs and momentums if it has a loss; False for a step cancelled before.
 
-        A step is recorded whole or not at all, so every list keeps one entry per
-        recorded step: one cancelled before its loss existed (or before the
-        hyper-parameters were read) adds nothing, never a NaN or a repeated loss.
+        The lrs and momentums are read back from the param groups once the step is
+        done: what the optimizer stepped with, whichever callback set them. A step
+        is recorded whole or not at all, so every list keeps one entry per recorded
+        step: one cancelled before its loss existed adds nothing, never a NaN or a
+        repeated loss.
         """
-        step, self._step = self._step, None
-        if step is None or self.learn.step_loss is None or step[0] != self.learn.state.iteration:
+        learn = self.learn
+        if learn.step_loss is None:
             return False
-        iteration, lrs, moms = step
-        self.iterations.append(iteration)
-        self.group_lrs.append(lrs)
-        self.group_moms.append(moms)
+        groups = learn.opt.param_groups
+        self.iterations.append(learn.state.iteration)
+        self.group_lrs.append([float(g["lr"]) for g in groups])
+        self.group_moms.append([get_momentum(g) for g in groups])
         return True
 
     def on_validate_end(self) -> None:
@@ -124,16 +122,22 @@ class Recorder(Callback):
             stacked = None
         if stacked is None or stacked.shape != (len(pending),):
             stacked = torch.stack([p.detach().float().reshape(()).to(pending[0].device) for p in pending])
-        for value in stacked.float().cpu().tolist():
-            self.add_loss(value)
+        self.add_losses(stacked.float().cpu().tolist())
 
     def add_loss(self, value: float) -> float:
         """Append one raw loss and its smoothed value; returns the smoothed value."""
-        self.raw_losses_.append(value)
-        self.avg_loss = SMOOTHING * self.avg_loss + (1 - SMOOTHING) * value
-        smooth = self.avg_loss / (1 - SMOOTHING ** len(self.raw_losses_))
-        self.losses_.append(smooth)
-        return smooth
+        self.add_losses((value,))
+        return self.losses_[-1]
+
+    def add_losses(self, values: list[float] | tuple[float, ...]) -> None:
+        """Append raw losses and their smoothed values (debiased EMA, ``beta = SMOOTHING``)."""
+        beta, rest, avg, n, smoothed = SMOOTHING, 1 - SMOOTHING, self.avg_loss, len(self.raw_losses_), self.losses_
+        for value in values:
+            n += 1
+            avg = beta * avg + rest * value
+            smoothed.append(avg / (1 - beta ** n))
+        self.avg_loss = avg
+        self.raw_losses_.extend(values)
 
     @property
     def last_loss(self) -> float:
@@ -161,7 +165,6 @@ class Recorder(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self._pending = []
-        self._step = None
         self.iterations = list(state["iterations"])
         self.group_lrs = [list(g) for g in state["group_lrs"]]
         self.group_moms = [list(g) for g in state["group_moms"]]

@@ -46,6 +46,9 @@ class Runtime:
         self._non_blocking = self.device.type == "cuda"
         # (x, y) CPU tensors on a CPU learner with the default split: returned as they are.
         self._plain_pairs = batch_fn is None and not self._moves and not self.channels_last
+        # Backward and the optimizer step are the precision's own (nothing to add here): called without a wrapper.
+        self.backward: Callable[[torch.Tensor], None] = self.precision.backward
+        self.step: Callable[[torch.optim.Optimizer], None] = self.precision.step
         self._compiled: dict[str, tuple[nn.Module, nn.Module]] = {}
         self._one = torch.ones((), device=self.device)  # the count's slot in evaluate's row, times n
 
@@ -83,7 +86,7 @@ class Runtime:
         """
         if self._plain_pairs and type(batch) in _PAIRS and len(batch) == 2:  # the common case, checked cheaply
             xb, yb = batch
-            if type(xb) is torch.Tensor and type(yb) is torch.Tensor and xb.is_cpu and yb.is_cpu:
+            if type(xb) is _TENSOR is type(yb) and xb.is_cpu and yb.is_cpu:
                 return xb, yb
         xb, yb = self.split(batch)
         if self.channels_last and isinstance(xb, torch.Tensor) and xb.ndim == 4:
@@ -103,19 +106,11 @@ class Runtime:
     def forward(self, model: nn.Module, xb: Any, yb: Any, crit: Callable) -> tuple[Any, torch.Tensor]:
         """``(prediction, loss)``, under autocast when the precision is fp16 or bf16."""
         if self._autocast_dtype is None:
-            pred = model(xb) if type(xb) is torch.Tensor else call_model(model, xb)
+            pred = model(xb) if type(xb) is _TENSOR else call_model(model, xb)
             return pred, crit(pred, yb)
         with torch.autocast(self.device.type, dtype=self._autocast_dtype):
             pred = call_model(model, xb)
             return pred, crit(pred, yb)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """Backward pass (scaled under fp16)."""
-        self.precision.backward(loss)
-
-    def step(self, opt: torch.optim.Optimizer) -> None:
-        """``opt.step()`` (through the fp16 gradient scaler when there is one)."""
-        self.precision.step(opt)
 
     def evaluate(self, model: nn.Module, batch: Any, crit: Callable, metrics: Sequence[Callable]) -> torch.Tensor:
         """``[loss * n, n, metric * n, ...]`` of one batch as a float64 device tensor (``model`` in eval mode).
@@ -162,6 +157,7 @@ def resolve_device(device: str | torch.device | None, local_rank: int) -> torch.
 
 
 _PAIRS = (tuple, list)
+_TENSOR = torch.Tensor
 _TARGET_KEYS = ("labels", "label", "target", "targets", "y")
 
 

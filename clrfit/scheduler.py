@@ -1,7 +1,9 @@
 """The callback that applies a schedule to the optimizer's param groups.
 
-At the start of every optimizer step it evaluates ``schedule(learn.iteration)``
-and writes each group's lr and, when the schedule has one, momentum (``momentum``
+At the start of every optimizer step it takes ``schedule(learn.iteration)``
+(evaluated ``AHEAD`` steps at a time with ``schedule.span``, which reads a phase
+table a run of steps at once; a schedule is a pure function of the step, so this
+changes no value) and writes each group's lr and, when the schedule has one, momentum (``momentum``
 or ``betas[0]``). It also applies weight decay: L2 through the groups'
 ``weight_decay`` by default, or, with ``decoupled=True`` (``use_wd_sched``),
 ``p -= wd_t * lr_t * p`` just before the optimizer step (:class:`DecoupledWeightDecay`, present only then).
@@ -18,6 +20,10 @@ from .optim import momentum_key, set_momentum
 from .schedules import Schedule
 
 
+#: Steps evaluated at once (never past the fit's planned steps).
+AHEAD = 256
+
+
 class ParamScheduler(Callback):
     """Writes ``schedule(iteration)`` into the param groups before each step; sets L2 weight decay once."""
 
@@ -27,6 +33,7 @@ class ParamScheduler(Callback):
         self.schedule = schedule
         self.wds = None if wds is None else tuple(wds)
         self.decoupled = decoupled
+        self._first, self._rows, self._positions = 0, [], []  # of steps _first, _first + 1, ...
 
     def check(self, opt: torch.optim.Optimizer) -> None:
         """Raise ``ValueError`` if ``opt`` cannot take this schedule (called before any step)."""
@@ -51,6 +58,7 @@ class ParamScheduler(Callback):
 
     def on_train_begin(self) -> None:
         self.check(self.learn.opt)
+        self._first, self._rows, self._positions = 0, [], []
         if self.wds is not None:
             # Like lr, wds are written into the groups and stay there after the fit.
             for group, wd in zip(self.learn.opt.param_groups, self.wds):
@@ -61,14 +69,26 @@ class ParamScheduler(Callback):
 
     def on_batch_begin(self) -> None:
         state, groups = self.learn.state, self.learn.opt.param_groups
-        t = state.iteration
-        state.cycle, state.iter_in_cycle = self.schedule.position(t)
-        lrs, moms = self.schedule(t)
-        for group, lr in zip(groups, lrs):
-            group["lr"] = lr
-        if moms is not None:
-            for group, mom in zip(groups, moms):
+        i = state.iteration - self._first
+        if not 0 <= i < len(self._rows):
+            self._evaluate_from(state.iteration)
+            i = 0
+        lrs, moms = self._rows[i]
+        state.cycle, state.iter_in_cycle = self._positions[i]
+        if moms is None:
+            for group, lr in zip(groups, lrs):
+                group["lr"] = lr
+        else:
+            for group, lr, mom in zip(groups, lrs, moms):
+                group["lr"] = lr
                 set_momentum(group, mom)
+
+    def _evaluate_from(self, t: int) -> None:
+        """The values of steps ``t`` to ``t + AHEAD - 1``, stopping at the fit's last planned step (at least step ``t``)."""
+        learn = self.learn
+        end = max(t + 1, min(t + AHEAD, learn.n_epochs * learn.steps_per_epoch))
+        self._first, self._rows = t, self.schedule.span(t, end)
+        self._positions = list(map(self.schedule.position, range(t, end)))
 
 
 class DecoupledWeightDecay(Callback):

@@ -85,14 +85,25 @@ class Phase:
 
 def anneal(kind: str, start: float, end: float, pct: float, angle: float | None = None) -> float:
     """The value ``pct`` of the way from ``start`` to ``end`` (see :class:`Phase` for each kind)."""
+    return anneal_all(kind, start, end, [pct], None if angle is None else [angle])[0]
+
+
+def anneal_all(kind: str, start: float, end: float, pcts: Sequence[float],
+               angles: Sequence[float] | None = None) -> list[float]:
+    """:func:`anneal` at every ``pcts[i]`` (cos: at ``angles[i]`` when given): the formulas' one owner."""
     if kind == "constant":
-        return start
+        return [start] * len(pcts)
     if kind == "linear":
-        return start + (end - start) * pct
+        rise = end - start
+        return [start + rise * pct for pct in pcts]
     if kind == "cos":
-        return end + (start - end) / 2.0 * (math.cos(math.pi * pct if angle is None else angle) + 1)
+        half, cos, pi = (start - end) / 2.0, math.cos, math.pi
+        if angles is None:
+            return [end + half * (cos(pi * pct) + 1) for pct in pcts]
+        return [end + half * (cos(angle) + 1) for angle in angles]
     if kind == "exp":
-        return start * (end / start) ** pct
+        ratio = end / start
+        return [start * ratio ** pct for pct in pcts]
     raise ArgumentError("kind", escape(f"anneal must be one of {', '.join(map(repr, ANNEALS))}; got {kind!r}"))
 
 
@@ -103,24 +114,53 @@ def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Any, Any]:
 
     Past the last row the final phase goes on (its ``pct`` exceeds 1).
     """
+    phase = _phase_bounds(phases, t)[0]
+    lrs, moms = evaluate_phase(phase, [t])
+    return phase, lrs[0], None if moms is None else moms[0]
+
+
+def evaluate_phase(phase: Phase, ts: Sequence[float]) -> tuple[list[Any], list[Any] | None]:
+    """The lr levels and momentum levels (None without momentum) of ``phase`` at the steps ``ts``, all in it."""
+    kind = phase.anneal
+    pcts, angles = [0.0] * len(ts), None
+    if kind != "constant":
+        start, length = phase.start, phase.end - phase.start
+        if phase.reverse:
+            pcts = [1 - (t - start) / length for t in ts]
+        else:
+            pcts = [(t - start) / length for t in ts]
+        if phase.fastai_angle:
+            pi = math.pi
+            angles = [pi * (t - start) / length for t in ts]
+    lrs = _anneal_points(kind, phase.lr, pcts, angles)
+    return lrs, None if phase.mom is None else _anneal_points(kind, phase.mom, pcts, angles)
+
+
+def _anneal_points(kind: str, points: tuple[Level, Level], pcts: list[float], angles: list[float] | None) -> list[Any]:
+    a, b = points
+    if type(a) is not tuple:
+        return anneal_all(kind, a, b, pcts, angles)
+    return _rows_of([anneal_all(kind, x, y, pcts, angles) for x, y in zip(a, b)])
+
+
+def _rows_of(columns: list[list[float]]) -> list[list[float]]:
+    """Per-step rows (one value per group) from per-group columns (one value per step)."""
+    return list(map(list, zip(*columns)))
+
+
+def _per_group(values: list[float], n: int) -> list[list[float]]:
+    """Each step's one value repeated for ``n`` groups."""
+    return _rows_of([values] * n)
+
+
+def _phase_bounds(phases: Sequence[Phase], t: float) -> tuple[Phase, float, float]:
+    """The phase holding step ``t`` and the bounds ``(low, high]`` of the steps from ``t`` on that it holds."""
+    low = -math.inf
     for phase in phases:
         if t <= phase.last:
-            break
-    kind = phase.anneal
-    pct = angle = 0.0
-    if kind != "constant":
-        done, length = t - phase.start, phase.end - phase.start
-        pct = done / length
-        if phase.reverse:
-            pct = 1 - pct
-        angle = math.pi * done / length if phase.fastai_angle else None
-    a, b = phase.lr
-    lr = [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)] if type(a) is tuple else anneal(kind, a, b, pct, angle)
-    if phase.mom is None:
-        return phase, lr, None
-    a, b = phase.mom
-    mom = [anneal(kind, x, y, pct, angle) for x, y in zip(a, b)] if type(a) is tuple else anneal(kind, a, b, pct, angle)
-    return phase, lr, mom
+            return phase, low, phase.last
+        low = max(low, phase.last)
+    return phases[-1], low, math.inf  # past the last row: the final phase goes on
 
 
 class Schedule:
@@ -137,18 +177,55 @@ class Schedule:
     phases: Sequence[Phase] = ()
 
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
+        self._check_steps(t, t)
+        local = t % self.period if self.period else t
+        return self._phase_rows(_phase_bounds(self._table(), local)[0], [local])[0]
+
+    def span(self, t0: int, t1: int) -> list[tuple[list[float], list[float] | None]]:
+        """``[self(t) for t in range(t0, t1)]``; a phase table is evaluated a phase at a time, which is cheaper."""
+        if type(self).__call__ is not Schedule.__call__:  # a formula of its own
+            return [self(t) for t in range(t0, t1)]
+        phases, period, rows = self._table(), self.period, []
+        if t1 > t0:
+            self._check_steps(t0, t1 - 1)
+        while t0 < t1:
+            local = t0 % period if period else t0
+            phase, _, last = _phase_bounds(phases, local)
+            n = t1 - t0 if not period else min(t1 - t0, period - local)
+            if last != math.inf:
+                n = min(n, math.floor(last) - local + 1)
+            rows += self._phase_rows(phase, range(local, local + n))
+            t0 += n
+        return rows
+
+    def _table(self) -> Sequence[Phase]:
         if not self.phases:
             raise NotImplementedError(f"{type(self).__name__}: set phases or override __call__(t)")
-        phase, lr, mom = evaluate(self.phases, t % self.period if self.period else t)
-        lrs = self._group_lrs(lr, phase)
-        if mom is None:
-            return lrs, None
-        return lrs, mom if type(mom) is list else [mom] * len(lrs)
+        return self.phases
 
-    def _group_lrs(self, level: Any, phase: Phase) -> list[float]:
+    def _phase_rows(self, phase: Phase, ts: Sequence[float]) -> list[tuple[list[float], list[float] | None]]:
+        levels, moms = evaluate_phase(phase, ts)
+        lrs = self._group_rows(levels, phase)
+        if moms is None:
+            return list(zip(lrs, [None] * len(lrs)))
+        if moms and type(moms[0]) is not list:  # one momentum for every group
+            moms = _per_group(moms, len(lrs[0]))
+        return list(zip(lrs, moms))
+
+    def _group_rows(self, levels: list[Any], phase: Phase) -> list[list[float]]:
+        """Each step's per-group lrs from its level (multiples of ``lrs`` when the phase has a divisor)."""
         if phase.divisor is not None:
-            return [lr * level / phase.divisor for lr in self.lrs]
-        return level if isinstance(level, list) else [level]
+            divisor = phase.divisor
+            return _rows_of([[lr * level / divisor for level in levels] for lr in self.lrs])
+        return levels if levels and type(levels[0]) is list else _per_group(levels, 1)
+
+    def _check_steps(self, first: int, last: int) -> None:
+        """Raise for steps the schedule is not defined at (most schedules go on past their table)."""
+
+    def _check_within(self, first: int, last: int, planned: str) -> None:
+        if not (0 <= first and last < self.total):
+            bad = first if not 0 <= first < self.total else last
+            raise ArgumentError("t", f"{{t}} must be in [0, {self.total - 1}] ({planned}); got {escape(str(bad))}")
 
     def position(self, t: int) -> tuple[int, int]:
         """``(cycle, iteration in cycle)`` of step ``t``."""
@@ -197,7 +274,7 @@ class Schedule:
         return f"{type(self).__name__}: {total}"
 
     def _display_lr(self, level: Level, phase: Phase) -> float:
-        return self._group_lrs(list(level) if isinstance(level, tuple) else level, phase)[-1]
+        return self._group_rows([list(level) if isinstance(level, tuple) else level], phase)[0][-1]
 
 
 def _phase_table(headline: str, phases: Sequence[Phase], lr_of: Callable[[Level, Phase], float],
@@ -284,8 +361,8 @@ class ConstantLR(Schedule):
     def cycle_iterations(self, t: int) -> int:
         return self.cycle_iters or self.total or 1
 
-    def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
-        return list(self.lrs), None  # the table's lr * 1 / 1, without the arithmetic
+    def _phase_rows(self, phase: Phase, ts: list[float]) -> list[tuple[list[float], list[float] | None]]:
+        return [(list(self.lrs), None) for _ in ts]  # the table's lr * 1 / 1, without the arithmetic
 
 
 def _geometric_epochs(cycle_len: int, cycle_mult: int, n_cycle: int) -> int:
@@ -340,11 +417,8 @@ class SGDR(Schedule):
         k, _ = self.position(t)
         return self.cycle_lengths[min(k, len(self.cycle_lengths) - 1)]
 
-    def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
-        if not 0 <= t < self.total:
-            raise ArgumentError("t", f"{{t}} must be in [0, {self.total - 1}] (the planned {self.n_cycle} cycles); "
-                                     f"got {escape(str(t))}")
-        return super().__call__(t)
+    def _check_steps(self, first: int, last: int) -> None:
+        self._check_within(first, last, f"the planned {self.n_cycle} cycles")
 
     def _headline(self) -> str:
         return f"SGDR: {self.n_cycle} cycle(s), {self.total} steps (lr of the last group)"
@@ -615,12 +689,9 @@ class OneCycleLR(Schedule):
     def has_momentum(self) -> bool:
         return self.cycle_momentum
 
-    def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
-        if not 0 <= t < self.total:
-            # torch would extrapolate one step past the end; the contract stops at the last step.
-            raise ArgumentError("t", f"{{t}} must be in [0, {self.total - 1}] (total_steps={self.total}); "
-                                     f"got {escape(str(t))}")
-        return super().__call__(t)
+    def _check_steps(self, first: int, last: int) -> None:
+        # torch would extrapolate one step past the end; the contract stops at the last step.
+        self._check_within(first, last, f"total_steps={self.total}")
 
 
 # --------------------------------------------------------------------------- range-test sweep
@@ -645,9 +716,9 @@ class LRSweep(Schedule):
         kind = "constant" if self.total <= 1 else "linear" if self.linear else "exp"
         self.phases = [Phase("sweep", 0, self.total - 1, math.inf, kind, (start, self.end_lr))]
 
-    def _group_lrs(self, level: Level, phase: Phase) -> list[float]:
+    def _group_rows(self, levels: list[Any], phase: Phase) -> list[list[float]]:
         start = self.start_lrs[-1]
-        return [level if s == start else s * (level / start) for s in self.start_lrs]
+        return _rows_of([levels if s == start else [s * (level / start) for level in levels] for s in self.start_lrs])
 
     def _headline(self) -> str:
         return f"LRSweep: {self.total} steps (lr of the last group)"

@@ -270,7 +270,7 @@ def test_only_a_decoupled_weight_decay_fit_has_a_handler_between_backward_and_st
     """A default fit fires nothing at on_backward_end; use_wd_sched adds the one callback that works there."""
     learn = linear_learner()
     learn.fit(0.1, 1, wds=1e-2)  # L2: written into the groups once, nothing per step
-    assert learn._handlers["on_backward_end"] == []
+    assert learn._handlers["on_backward_end"] == ()
     assert [g["weight_decay"] for g in learn.opt.param_groups] == [1e-2, 1e-2]
     learn.fit(0.1, 1, wds=1e-2, use_wd_sched=True)
     assert [type(h.__self__).__name__ for h in learn._handlers["on_backward_end"]] == ["DecoupledWeightDecay"]
