@@ -42,7 +42,7 @@ a schedule never replays a position.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
@@ -72,6 +72,38 @@ class CancelEpochException(Exception):
 
 class CancelFitException(Exception):
     """Raise from a callback to stop the whole fit cleanly."""
+
+
+#: The cancels, smallest scope first.
+CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
+
+
+def fire_end(handlers: Sequence[Callable[[], Any]], cancels: tuple[type[Exception], ...]) -> None:
+    """Call every handler of an end event, even after one cancels or fails; a cancel of this scope (or smaller) ends here.
+
+    No callback may miss the end of a scope it saw begin (the recorder would
+    lose a step, the checkpoint an epoch). Once all have run, the first error
+    is raised, else the largest cancel, unless it is one of ``cancels``: a cancel
+    raised by an end event has nothing left to skip in its own scope.
+    """
+    cancel = error = None
+    for handler in handlers:
+        try:
+            handler()
+        except CANCELS as err:
+            if cancel is None or cancel_rank(err) > cancel_rank(cancel):
+                cancel = err
+        except Exception as err:
+            error = error or err
+    if error is not None:
+        raise error
+    if cancel is not None and not isinstance(cancel, cancels):
+        raise cancel
+
+
+def cancel_rank(err: Exception) -> int:
+    """0 for a batch cancel, 1 for an epoch cancel, 2 for a fit cancel (subclasses included)."""
+    return next(i for i, kind in enumerate(CANCELS) if isinstance(err, kind))
 
 
 class Callback:

@@ -22,13 +22,7 @@ import torch
 from torch import nn
 
 from . import inference, schedules, threads, transfer
-from .callback import (
-    EVENTS,
-    Callback,
-    CancelBatchException,
-    CancelEpochException,
-    CancelFitException,
-)
+from .callback import CANCELS, EVENTS, Callback, CancelEpochException, CancelFitException, fire_end
 from .checkpoint import checkpoint_callbacks
 from .data import ModelData
 from .distributed import Stop, stop_kind
@@ -46,7 +40,7 @@ from .state import TrainingState, loader_generators, sigint, start_persistent_wo
 from .suggest import Suggestions
 from .validation import ON_NAN, ArgumentError, as_group_values, check_bool, check_choice, check_int, fail
 
-_CANCELS = (CancelBatchException, CancelEpochException, CancelFitException)
+_CANCELS = CANCELS
 _BATCH_CANCELS = _CANCELS[:1]
 #: The options every fit passes on to :meth:`Learner.train` as they are (each fit's signature spells them out).
 FIT_OPTIONS = ("wds", "callbacks", "metrics", "use_wd_sched", "norm_wds", "wds_sched_mult", "accumulate", "compile",
@@ -476,21 +470,16 @@ class Learner:
         if self._running:  # a nested fit would reset the counters of the one running and cut it short
             raise RuntimeError("a fit (or lr_find) was started from a callback of a running fit; that is not "
                                "supported: run it after the outer fit returns")
-        n_epochs = check_int("n_epochs", n_epochs, minimum=1)
-        accumulate, backend, group_wds = _check_options(self.n_groups, wds, use_wd_sched, norm_wds, wds_sched_mult,
-                                                        accumulate, compile, resume, on_nan)
-        fit_callbacks = _check_callbacks("callbacks", callbacks)
-        _check_metrics(metrics)
-        fit_callbacks += checkpoint_callbacks(checkpoint, checkpoint_every, resume, on_nan)  # checks checkpoint*
-        self._reset_counters()
-        self.validate_each_epoch = check_bool("validate", validate)
-        if self.validate_each_epoch:
+        n_epochs, accumulate, backend, group_wds = _check_options(
+            self.n_groups, n_epochs, wds, use_wd_sched, norm_wds, wds_sched_mult, accumulate, compile, resume, on_nan, metrics)
+        fit_callbacks = _check_callbacks("callbacks", callbacks) + checkpoint_callbacks(  # checks checkpoint*
+            checkpoint, checkpoint_every, resume, on_nan)
+        if check_bool("validate", validate):
             _check_val_batches(self.data.val_dl)
+        self._reset_counters()
+        self.validate_each_epoch, self.accumulate, self.n_epochs, self.schedule = validate, accumulate, n_epochs, schedule
         self._metrics = list(metrics) if metrics is not None else self.metrics
-        self.accumulate = accumulate
         self.steps_per_epoch = self._steps_per_epoch(accumulate)
-        self.n_epochs = n_epochs
-        self.schedule = schedule
         self.fit_args = dict(fit_args or {}, n_epochs=n_epochs, accumulate=accumulate, wds=group_wds,
                              use_wd_sched=use_wd_sched, norm_wds=norm_wds, wds_sched_mult=wds_sched_mult,
                              metrics=tuple(self._metrics))  # callables compared by code on resume
@@ -519,16 +508,14 @@ class Learner:
         for cb in self._cbs:
             cb.learn = self
         self._handlers = {e: tuple(getattr(cb, e) for cb in self._cbs if _overrides(cb, e)) for e in EVENTS}
-        self._interrupt_requested = False
-        self._stopped_by = ""
-        self._running = True
+        self._interrupt_requested, self._stopped_by, self._running = False, "", True
         try:
             # Under DDP a repeated Ctrl-C (torchrun forwards the terminal's) must not abort one rank mid-collective.
             with sigint(self._request_stop, keep=self.dist.enabled):
                 try:
                     self._scope("train", self._all_epochs, _CANCELS)
                 finally:
-                    self._end("on_train_end", _CANCELS)
+                    fire_end(self._handlers["on_train_end"], _CANCELS)
                     if self.interrupted:
                         raise KeyboardInterrupt(
                             f"training interrupted by Ctrl-C{self._stopped_by} at epoch {self.epoch}, iteration "
@@ -566,27 +553,6 @@ class Learner:
         for handler in self._handlers[event]:
             handler()
 
-    def _end(self, event: str, cancels: tuple[type[Exception], ...]) -> None:
-        """Fire an end event to every callback, even after one cancels or fails; a cancel of this scope (or smaller) ends here.
-
-        No callback may miss the end of a scope it saw begin (the recorder would
-        lose a step, the checkpoint an epoch); a cancel raised by an end event has
-        nothing left to skip in its own scope, so only a larger one propagates.
-        """
-        cancel = error = None
-        for handler in self._handlers[event]:
-            try:
-                handler()
-            except _CANCELS as err:
-                if cancel is None or _cancel_rank(err) > _cancel_rank(cancel):
-                    cancel = err
-            except Exception as err:  # raised once every callback has seen the end (the first error wins)
-                error = error or err
-        if error is not None:
-            raise error
-        if cancel is not None and not isinstance(cancel, cancels):
-            raise cancel
-
     def _scope(self, name: str, body: Callable[..., None], cancels: tuple[type[Exception], ...], *args: Any) -> None:
         """Fire ``on_<name>_begin``, run ``body(*args)``; fire ``on_<name>_end`` on success or any cancel.
 
@@ -602,11 +568,9 @@ class Learner:
             pass
         except _CANCELS as err:
             self.fit_cancelled = self.fit_cancelled or isinstance(err, CancelFitException)
-            if end:
-                self._end(end, cancels)
+            fire_end(self._handlers.get(end, ()), cancels)
             raise
-        if end:
-            self._end(end, cancels)
+        fire_end(self._handlers.get(end, ()), cancels)
 
     def _all_epochs(self) -> None:
         state = self.state
@@ -831,9 +795,12 @@ def _param_groups(model: nn.Module, layer_groups: Sequence[Any] | None) -> list[
     return groups
 
 
-def _check_options(n_groups: int, wds: Any, use_wd_sched: Any, norm_wds: Any, wds_sched_mult: Any, accumulate: Any,
-                   compile: Any, resume: Any, on_nan: Any) -> tuple[int, str | None, tuple[float, ...] | None]:
-    """Check a fit's options before anything changes; ``(accumulate, compile backend, wds per group)``."""
+def _check_options(n_groups: int, n_epochs: Any, wds: Any, use_wd_sched: Any, norm_wds: Any, wds_sched_mult: Any,
+                   accumulate: Any, compile: Any, resume: Any, on_nan: Any,
+                   metrics: Any) -> tuple[int, int, str | None, tuple[float, ...] | None]:
+    """Check a fit's options before anything changes; ``(n_epochs, accumulate, compile backend, wds per group)``."""
+    n_epochs = check_int("n_epochs", n_epochs, minimum=1)
+    _check_metrics(metrics)
     accumulate = check_int("accumulate", accumulate, minimum=1)
     check_bool("use_wd_sched", use_wd_sched)
     check_bool("norm_wds", norm_wds)
@@ -849,7 +816,7 @@ def _check_options(n_groups: int, wds: Any, use_wd_sched: Any, norm_wds: Any, wd
     if use_wd_sched and group_wds is None:
         raise ArgumentError("use_wd_sched",
                             "{use_wd_sched}=True needs {wds} (the weight decay to schedule); got {wds}=None")
-    return accumulate, backend, group_wds
+    return n_epochs, accumulate, backend, group_wds
 
 
 def _check_callbacks(name: str, callbacks: Sequence[Callback] | None) -> list[Callback]:
@@ -871,11 +838,6 @@ def _check_metrics(metrics: Sequence[Callable] | None) -> None:
         raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
     if metrics is not None and (isinstance(metrics, (str, bytes)) or not all(callable(m) for m in metrics)):
         raise TypeError(f"metrics must be a list of callables (pred, targ) -> tensor; got {metrics!r}")
-
-
-def _cancel_rank(err: Exception) -> int:
-    """0 for a batch cancel, 1 for an epoch cancel, 2 for a fit cancel (subclasses included)."""
-    return next(i for i, kind in enumerate(_CANCELS) if isinstance(err, kind))
 
 
 #: The most optimizer steps a fit may plan: beyond 2**53 a step count is no longer exact as a float.

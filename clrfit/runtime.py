@@ -124,16 +124,24 @@ class Runtime:
         xb, yb = self.to_device(batch)
         pred, loss = self.forward(model, xb, yb, crit)
         n = float(batch_size(xb, yb))
-        values = [loss.detach().reshape(()), self._one]
+        device = self.device
+        values = [_scalar(loss, device), self._one]
         if metrics:
             out = pred.float() if isinstance(pred, torch.Tensor) else pred  # metrics receive what the loss receives
-            values += [torch.as_tensor(m(out, yb), device=self.device).reshape(()) for m in metrics]
+            values += [_scalar(m(out, yb), device) for m in metrics]
         if any(v.dtype != torch.float32 for v in values):  # one type for the stack, no rounding on the way
             values = [v.double() for v in values]
         return torch.stack(values).double() * n
 
     def __repr__(self) -> str:
         return f"Runtime(device={self.device}, precision={self.precision.name!r}, world_size={self.dist.world_size})"
+
+
+def _scalar(value: Any, device: torch.device) -> torch.Tensor:
+    """``value`` as a 0-d tensor on ``device`` without autograd history (as it is when it already is one: no op)."""
+    if type(value) is _TENSOR and value.ndim == 0 and not value.requires_grad and value.device == device:
+        return value
+    return torch.as_tensor(value, device=device).detach().reshape(())
 
 
 def resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:

@@ -75,12 +75,10 @@ class ParamScheduler(Callback):
             i = 0
         lrs, moms = self._rows[i]
         state.cycle, state.iter_in_cycle = self._positions[i]
-        if moms is None:
-            for group, lr in zip(groups, lrs):
-                group["lr"] = lr
-        else:
-            for group, lr, mom in zip(groups, lrs, moms):
-                group["lr"] = lr
+        for group, lr in zip(groups, lrs):
+            group["lr"] = lr
+        if moms is not None:
+            for group, mom in zip(groups, moms):
                 set_momentum(group, mom)
 
     def _evaluate_from(self, t: int) -> None:

@@ -275,3 +275,40 @@ def test_only_a_decoupled_weight_decay_fit_has_a_handler_between_backward_and_st
     learn.fit(0.1, 1, wds=1e-2, use_wd_sched=True)
     assert [type(h.__self__).__name__ for h in learn._handlers["on_backward_end"]] == ["DecoupledWeightDecay"]
     assert [g["weight_decay"] for g in learn.opt.param_groups] == [0.0, 0.0]
+
+
+def test_values_evaluated_ahead_are_the_schedules_at_every_step(monkeypatch):
+    """The schedule is taken AHEAD steps at a time; chunk boundaries (here every 3 steps) change no value or counter."""
+    import clrfit.scheduler as scheduler_module
+    from clrfit.schedules import fit_schedule
+
+    monkeypatch.setattr(scheduler_module, "AHEAD", 3)
+    learn = linear_learner(lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9))
+
+    class Counters(Callback):
+        order = 20  # after the schedule set this step's counters
+        seen: list = []
+
+        def on_batch_begin(self) -> None:
+            self.seen.append((self.learn.cycle, self.learn.iter_in_cycle))
+
+    learn.fit([0.1, 0.4], 2, cycle_len=1, use_clr=(10, 3, 0.95, 0.85), callbacks=[Counters()])
+    schedule, _ = fit_schedule((0.1, 0.4), 4, 2, 1, use_clr=(10, 3, 0.95, 0.85))
+    values = schedule.values()
+    assert learn.sched.group_lrs == values.group_lrs and learn.sched.group_moms == values.group_moms
+    assert Counters.seen == [(t // 4, t % 4) for t in range(8)]
+
+
+def test_the_recorder_reads_back_what_the_optimizer_stepped_with():
+    """A callback changing lr after the schedule (here between backward and step) is what the history shows."""
+    learn = linear_learner()
+
+    class Halve(Callback):
+        order = 20
+
+        def on_backward_end(self) -> None:
+            for g in self.learn.opt.param_groups:
+                g["lr"] = g["lr"] / 2
+
+    learn.fit(0.2, 1, callbacks=[Halve()])
+    assert learn.sched.group_lrs == [[0.1, 0.1]] * 4

@@ -581,3 +581,55 @@ def test_a_phase_table_of_your_own():
     assert lrs[0] == [0.0, 0.0] and lrs[2] == [0.05, 0.5] and lrs[4] == [0.1, 1.0]
     assert close(lrs[12][1], 0.5) and lrs[20][1] == 0.0 and schedule(3)[1] is None
     assert str(schedule).splitlines()[2].split() == ["warm-up", "0-4", "linear", "0", "->", "1", "-"]
+
+
+# ---------------------------------------------------------------------------- evaluating a run of steps
+
+
+def _spans():
+    from clrfit.schedules import CyclicLR, OneCycleLR
+
+    return {
+        "constant": ConstantLR((0.1, 0.3), total=40, cycle_iters=7),
+        "sgdr": SGDR((0.2, 0.5), nb=7, cycle_len=1, cycle_mult=2, n_cycle=3),
+        "circular (repeats)": CircularLR((0.1, 1.0), 13, 10, 2.6, (0.95, 0.85), n_cycle=3),
+        "1cycle (repeats)": OneCycle((0.3, 0.8), 17, 10, 13.68, (0.95, 0.85), n_cycle=2),
+        "1cycle no momentum": OneCycle((0.8,), 40, 10, 13.68, None),
+        "torch 1cycle 3 phases": OneCycleLR(max_lr=(0.1, 1.0), total=45, pct_start=0.3, three_phase=True),
+        "torch 1cycle linear": OneCycleLR(max_lr=0.5, total=33, anneal_strategy="linear"),
+        "sweep exp": LRSweep((1e-4, 1e-3), 10.0, 30),
+        "sweep linear": LRSweep((1e-3,), 1.0, 30, linear=True),
+        "cyclic (own formula)": CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=5, mode="triangular2"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_spans()))
+def test_a_run_of_steps_is_each_step_bit_for_bit(name):
+    """span(t0, t1) evaluates a phase at a time; every window gives schedule(t) exactly, across phases and repeats."""
+    schedule = _spans()[name]
+    total = schedule.total or 60
+    single = [schedule(t) for t in range(total)]
+    for width in (1, 4, 11, total):
+        for t0 in range(0, total, max(1, width // 2)):
+            t1 = min(total, t0 + width)
+            assert schedule.span(t0, t1) == single[t0:t1], (name, t0, t1)
+    assert schedule.span(5, 5) == []
+
+
+def test_a_run_past_a_bounded_schedule_fails_at_the_first_step_outside():
+    sgdr = SGDR((0.2,), nb=4, cycle_len=1, n_cycle=2)
+    assert len(sgdr.span(0, 8)) == 8
+    with pytest.raises(ValueError, match=r"t must be in \[0, 7\] \(the planned 2 cycles\); got 7|got 8"):
+        sgdr.span(6, 9)
+    with pytest.raises(ValueError, match=r"t must be in \[0, 7\].*got -1"):
+        sgdr(-1)
+
+
+def test_anneal_all_is_anneal_at_every_point():
+    from clrfit.schedules import anneal, anneal_all
+
+    pcts = [0.0, 0.1, 1 / 3, 0.5, 0.9, 1.0, 1.2]
+    for kind in ("constant", "linear", "cos", "exp"):
+        assert anneal_all(kind, 0.3, 0.01, pcts) == [anneal(kind, 0.3, 0.01, p) for p in pcts]
+    angles = [math.pi * k / 7 for k in range(8)]
+    assert anneal_all("cos", 1.0, 0.0, angles[:3], angles[:3]) == [anneal("cos", 1.0, 0.0, 0.0, a) for a in angles[:3]]
