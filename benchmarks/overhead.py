@@ -15,6 +15,15 @@ difference (the framework's cost per step) and the median of the per-round
 ratios. ``--model mlp`` is a 40-32-10 MLP, where framework cost dominates;
 ``--model cnn`` the MNIST-1D CNN.
 
+``--instructions``: count the machine instructions (valgrind's cachegrind, ``I refs``)
+of three runs of this script, each in its own process: the shared warm-up only,
+the warm-up plus ``--fits`` fits of ``learn.fit``, and the warm-up plus ``--fits``
+hand-written fits. The differences, per optimizer step, are what each loop costs,
+C, Python and torch included, independent of machine load (the timings on a
+shared 2-core machine move by 10-20 % between runs of the same code); their
+ratio is the overhead ratio at a fixed instructions-per-cycle. ``CLRFIT_CHECKOUT``
+(or ``--checkout DIR``) measures another checkout's clrfit: before and after.
+
 ``--opcodes``: count the Python bytecode instructions each loop executes for
 one fit (``sys.settrace`` with opcode events), per optimizer step, and which
 functions account for the learner's extra ones. The count does not depend on
@@ -24,12 +33,17 @@ where timings are too noisy to; it leaves out time spent inside C calls.
     python benchmarks/overhead.py [--runs 7] [--epochs 5]
     python benchmarks/overhead.py --interleaved --model mlp --rounds 41 --threads 1
     python benchmarks/overhead.py --opcodes --model mlp --epochs 2
+    python benchmarks/overhead.py --instructions --model mlp [--checkout DIR]   # needs valgrind; ~5 min
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -39,7 +53,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's clrfit, not an installed one
+# The checkout's clrfit, not an installed one (CLRFIT_CHECKOUT: another checkout's, for --instructions).
+sys.path.insert(0, os.environ.get("CLRFIT_CHECKOUT") or str(Path(__file__).resolve().parents[1]))
 
 from clrfit import Learner, accuracy  # noqa: E402
 from clrfit.datasets import mnist1d  # noqa: E402
@@ -187,8 +202,54 @@ def opcodes(args: argparse.Namespace) -> None:
     print(f"Python instructions per step: learner {per_step['learner']:.0f}, raw {per_step['raw']:.0f}, "
           f"framework {per_step['learner'] - per_step['raw']:.0f}")
     extra = Counter({k: v - counts["raw"].get(k, 0) for k, v in counts["learner"].items()})
-    for where, n in extra.most_common(int(__import__("os").environ.get("TOPN", 15))):
+    for where, n in extra.most_common(15):
         print(f"  {n / steps:7.1f}  {where}")
+
+
+def instructions(args: argparse.Namespace) -> None:
+    """Machine instructions per step of each loop, from three cachegrind runs of this script (see above)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt install valgrind)")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", MPLBACKEND="Agg")
+    if args.checkout:
+        env["CLRFIT_CHECKOUT"] = str(Path(args.checkout).resolve())
+    common = ["--model", args.model, "--epochs", str(args.epochs), "--bs", str(args.bs)]
+    procs = {}
+    for name, fits in (("warm-up only", 0), ("learner", args.fits), ("raw", args.fits)):
+        command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                   sys.executable, __file__, "--count-child", name, "--fits", str(fits), *common]
+        procs[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    refs, steps = {}, 0
+    for name, proc in procs.items():
+        out, _ = proc.communicate()
+        found = re.search(r"I\s+refs:\s+([\d,]+)", out)
+        if proc.returncode or found is None:
+            raise SystemExit(f"{name}: cachegrind run failed (exit {proc.returncode}):\n{out[-3000:]}")
+        refs[name] = int(found.group(1).replace(",", ""))
+        steps = max(steps, int(re.search(r"^steps (\d+)$", out, re.M).group(1)))
+    learner, raw = (refs[k] - refs["warm-up only"] for k in ("learner", "raw"))
+    where = args.checkout or env.get("CLRFIT_CHECKOUT") or "this checkout"
+    print(f"instructions: model {args.model}, clrfit from {where}, {args.fits} fits x {args.epochs} epochs "
+          f"({steps} steps + validation each epoch), bs {args.bs}, 1 thread, valgrind cachegrind")
+    print(f"machine instructions per step: learner {learner / steps:,.0f}, raw {raw / steps:,.0f}, "
+          f"framework {(learner - raw) / steps:,.0f}; ratio learner/raw {learner / raw:.4f}")
+
+
+def count_child(args: argparse.Namespace) -> None:
+    """One --instructions run: warm both loops up, then ``--fits`` fits of one of them (none for the warm-up run)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = mnist1d(bs=args.bs)
+    build = mlp if args.model == "mlp" else mnist1d_cnn
+    raw_model, learn_model = build(), build()
+    learn = Learner(learn_model, data, metrics=[accuracy], progress=False, table=False)
+    loops = {"learner": lambda: learn.fit(LR, 1, cycle_len=args.epochs, use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM)),
+             "raw": lambda: raw_fit(raw_model, data, args.epochs)}
+    for fn in loops.values():
+        fn()
+    for _ in range(args.fits):
+        loops[args.count_child]()
+    print(f"steps {args.fits * args.epochs * len(data.trn_dl)}")
 
 
 def main() -> None:
@@ -202,7 +263,17 @@ def main() -> None:
     parser.add_argument("--model", choices=("mlp", "cnn"), default="cnn", help="--interleaved, --opcodes: which model")
     parser.add_argument("--rounds", type=int, default=41, help="--interleaved: rounds (default 41)")
     parser.add_argument("--opcodes", action="store_true", help="count Python instructions per step (see above)")
+    parser.add_argument("--instructions", action="store_true", help="count machine instructions per step (valgrind)")
+    parser.add_argument("--fits", type=int, default=3, help="--instructions: fits of each loop (default 3)")
+    parser.add_argument("--checkout", default=None, help="--instructions: measure this checkout's clrfit")
+    parser.add_argument("--count-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.count_child:
+        count_child(args)
+        return
+    if args.instructions:
+        instructions(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.opcodes:
