@@ -173,7 +173,7 @@ def opcode_counts(fn: Callable[[], None]) -> Counter:
     def trace(frame, event, arg):
         frame.f_trace_opcodes = True
         if event == "opcode":
-            counts[f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"] += 1
+            counts[f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}:{frame.f_code.co_firstlineno}"] += 1
         return trace
 
     sys.settrace(trace)

@@ -11,6 +11,7 @@ precision, DDP, compile, memory layout) is :class:`clrfit.runtime.Runtime`'s.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
@@ -507,7 +508,7 @@ class Learner:
         self._cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self._cbs:
             cb.learn = self
-        self._handlers = {e: tuple(getattr(cb, e) for cb in self._cbs if _overrides(cb, e)) for e in EVENTS}
+        self._handlers = _handler_table(self._cbs)
         self._interrupt_requested, self._stopped_by, self._running = False, "", True
         try:
             # Under DDP a repeated Ctrl-C (torchrun forwards the terminal's) must not abort one rank mid-collective.
@@ -898,10 +899,23 @@ def _length(dl: Any) -> int | None:
         return None
 
 
-def _overrides(cb: Callback, event: str) -> bool:
-    """Whether ``cb`` does something on ``event`` (no-op base hooks are skipped in the hot loop)."""
-    handler = getattr(cb, event)
-    return getattr(handler, "__func__", handler) is not getattr(Callback, event)
+def _handler_table(cbs: Sequence[Callback]) -> dict[str, tuple[Callable[[], None], ...]]:
+    """Each event's handlers in callback order; the no-op base hooks are left out, so the hot loop calls nothing for them."""
+    table: dict[str, list[Callable[[], None]]] = {e: [] for e in EVENTS}
+    for cb in cbs:
+        own = getattr(cb, "__dict__", {})  # a hook set on the instance counts too
+        for event in _overridden(type(cb)).union(own.keys() & _EVENTS):
+            table[event].append(getattr(cb, event))
+    return {e: tuple(handlers) for e, handlers in table.items()}
+
+
+_EVENTS = frozenset(EVENTS)
+
+
+@functools.lru_cache(maxsize=None)
+def _overridden(cls: type) -> frozenset[str]:
+    """The events a callback class does something on."""
+    return frozenset(e for e in EVENTS if getattr(cls, e) is not getattr(Callback, e))
 
 
 def _pick(names: Iterable[str], given: dict[str, Any]) -> dict[str, Any]:

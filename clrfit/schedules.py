@@ -736,6 +736,9 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+_PLAIN_SCALARS = (bool, int, float, str)  # exact types, already plain
+
+
 def plain(value: Any) -> Any:
     """A value as plain Python (bool, int, float, str, None, tuples, dicts): comparable, and safe to load.
 
@@ -745,6 +748,11 @@ def plain(value: Any) -> Any:
     ``torch.load(weights_only=True)``: checkpoints store a fit's arguments and
     schedule this way and compare them on resume.
     """
+    kind = type(value)
+    if kind in _PLAIN_SCALARS or value is None:  # the usual case, checked first
+        return value
+    if kind is tuple:
+        return tuple(plain(v) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"type": _qualified(type(value)),
                 **{f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}}

@@ -113,7 +113,7 @@ def check_number(
 ) -> float:
     """A finite real number within the given bounds; returns it as a float."""
     value = _as_real(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) not in _PLAIN_REALS and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise fail(name, f"must be a number; got {escape(repr(value))} ({type(value).__name__})",
                    kind=ArgumentTypeError)
     value = float(value)
@@ -126,8 +126,13 @@ def check_number(
     return value
 
 
+_PLAIN_REALS = (int, float)  # exact types: bool is not one of them
+
+
 def _as_real(value: Any) -> Any:
     """A 0-d numpy or torch scalar as the Python number it holds; anything else unchanged."""
+    if type(value) in _PLAIN_REALS:  # the usual case, without the abstract-class checks below
+        return value
     if not isinstance(value, (numbers.Real, str, bytes)) and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
         try:
             return value.item()
@@ -147,10 +152,12 @@ def _describe_range(lo: float | None, hi: float | None, ex_lo: bool, ex_hi: bool
 def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer (floats with an integral value are accepted) within bounds."""
     value = _as_real(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is int:
+        pass
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise fail(name, f"must be an integer; got {escape(repr(value))} ({type(value).__name__})",
                    kind=ArgumentTypeError)
-    if isinstance(value, numbers.Integral):
+    elif isinstance(value, numbers.Integral):
         value = int(value)
     elif math.isfinite(value) and float(value).is_integer():
         value = int(value)
