@@ -7,9 +7,7 @@ validation, the range test and a resumed run.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from clrfit import Learner, ModelData, accuracy, model_loss
 from conftest import InterruptAt
+from torchrun import torchrun_command
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRN, N_VAL, BS = 64, 24, 16
@@ -216,12 +215,6 @@ def test_bad_batches_are_clear_errors_before_any_weight_changes():
         own.fit(0.1, 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 WORKER = """
 import sys, torch
 sys.path.insert(0, {tests!r})
@@ -243,8 +236,7 @@ def test_ddp_two_ranks_train_every_shape(tmp_path, name):
     script.write_text(WORKER.format(tests=str(ROOT / "tests"), name=name, out=str(out)))
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", BATCH_SHAPES_BS=str(BS // 2))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
+    cmd = torchrun_command(2, script)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = learner(name)

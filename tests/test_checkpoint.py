@@ -26,6 +26,7 @@ from clrfit.distributed import DistributedContext
 from clrfit.schedules import ConstantLR, OneCycle, callable_fingerprint, one_cycle_schedule
 from clrfit.serialization import temp_files
 from conftest import InterruptAt
+from torchrun import torchrun_command
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -512,8 +513,6 @@ torch.save({"weights": learn.model.state_dict(), "losses": learn.sched.raw_losse
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ddp_kill_and_resume_equals_an_uninterrupted_ddp_run(tmp_path):
-    import socket
-
     worker = tmp_path / "worker.py"
     worker.write_text(DDP_WORKER)
     ckpt = tmp_path / "ddp.ckpt"
@@ -521,11 +520,7 @@ def test_ddp_kill_and_resume_equals_an_uninterrupted_ddp_run(tmp_path):
 
     def torchrun(mode: str) -> subprocess.CompletedProcess:
         for _ in range(3):  # a free port can be taken by another process before torchrun binds it
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                   "--master_addr=127.0.0.1", f"--master_port={port}", str(worker), mode, str(ckpt), str(tmp_path)]
+            cmd = torchrun_command(2, worker, mode, str(ckpt), str(tmp_path))
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
             if "address already in use" not in (proc.stdout + proc.stderr).lower():
                 return proc

@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from clrfit.distributed import (
 from clrfit.state import sigint
 
 from conftest import make_learner
+from torchrun import free_port, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_fault_worker.py"
@@ -105,14 +105,8 @@ def test_repeated_ctrl_c_is_kept_when_asked():
     assert seen == [1, 1, 2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_exit_meeting_is_bounded(monkeypatch):
-    store = dist.TCPStore("127.0.0.1", _free_port(), 1, is_master=True, wait_for_workers=False)
+    store = dist.TCPStore("127.0.0.1", free_port(), 1, is_master=True, wait_for_workers=False)
     monkeypatch.setattr(_FAULTS, "store", dist.PrefixStore("a", store))
     assert _meet_at_exit(1, timeout_s=5)  # everyone (one rank) arrived
     monkeypatch.setattr(_FAULTS, "store", dist.PrefixStore("b", store))
@@ -140,9 +134,7 @@ def _launch(out: Path, scenario: str, timeout: float = 240) -> tuple[subprocess.
 
 
 def _torchrun(out: Path, scenario: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "--monitor-interval=2",
-            str(WORKER), str(out), scenario]
+    return torchrun_command(2, WORKER, str(out), scenario, monitor_interval=2)
 
 
 def _results(out: Path) -> list[dict | None]:

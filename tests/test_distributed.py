@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from clrfit.distributed import (
 )
 
 from conftest import make_learner
+from torchrun import torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -168,12 +167,6 @@ def test_shard_data_keeps_the_users_modeldata():
 # ---------------------------------------------------------------------- torchrun end to end
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _load_worker():
     spec = importlib.util.spec_from_file_location("ddp_worker", ROOT / "tests" / "ddp_worker.py")
     module = importlib.util.module_from_spec(spec)
@@ -187,9 +180,7 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path, monkeypatch):
     world, bs = 2, 4
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), str(bs)]
+    cmd = torchrun_command(world, ROOT / "tests" / "ddp_worker.py", str(tmp_path), str(bs))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -5,9 +5,7 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 import torch
 
 from clrfit.elastic import check_world_size, divisors, own_state
+from torchrun import free_port, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "elastic_worker.py"
@@ -83,16 +82,6 @@ def _env(**extra: str) -> dict:
     return env
 
 
-def _command(world: int, *args: str) -> list[str]:
-    if world == 1:
-        return [sys.executable, str(WORKER), *args]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--nnodes=1",
-            "--master_addr=127.0.0.1", f"--master_port={port}", str(WORKER), *args]
-
-
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie, killed but not yet reaped, is not)."""
     try:
@@ -115,7 +104,8 @@ def test_save_on_two_ranks_sigkill_resume_on_one_and_three(tmp_path):
     saved = tmp_path / "saved"
     saved.mkdir()
     # Two ranks: fits A and C cancel themselves at iteration 9; fit B is SIGKILLed (every rank) at iteration 9.
-    proc = subprocess.Popen(_command(2, "save", str(saved)), cwd=ROOT, env=_env(), start_new_session=True,
+    cmd = torchrun_command(2, WORKER, "save", str(saved))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     markers = [saved / f"killme-{rank}" for rank in range(2)]
     pids: list[int] = []
@@ -145,8 +135,8 @@ def test_save_on_two_ranks_sigkill_resume_on_one_and_three(tmp_path):
     for world in (1, 3):
         folder = tmp_path / f"W{world}"
         shutil.copytree(saved, folder)
-        run = subprocess.run(_command(world, "resume", str(folder)), cwd=ROOT, env=_env(), capture_output=True,
-                             text=True, timeout=240)
+        cmd = torchrun_command(world, WORKER, "resume", str(folder), plain_if_one=True)  # world 1: plain python
+        run = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         results = torch.load(folder / f"W{world}.pt", weights_only=False)
         n_steps = worker.EPOCHS * 6
@@ -177,12 +167,8 @@ def test_save_on_two_ranks_sigkill_resume_on_one_and_three(tmp_path):
 @pytest.mark.timeout(300)
 def test_two_nodes_through_torchruns_c10d_rendezvous_train_like_one_process(tmp_path):
     # Two torchrun agents (one process each) meet at a c10d rendezvous, as two machines would; node ranks are assigned.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=clrfit-test", "--max-restarts=0", str(WORKER), "plain",
-           str(tmp_path)]
+    cmd = torchrun_command(1, WORKER, "plain", str(tmp_path), nnodes=2, rdzv_backend="c10d",
+                           rdzv_endpoint=f"127.0.0.1:{free_port()}", rdzv_id="clrfit-test", max_restarts=0)
     agents = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
               for _ in range(2)]
     try:

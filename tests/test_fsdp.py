@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from clrfit import Learner, ModelData
 from clrfit.fsdp import EvenBatches, FSDPRuntime, PaddingBatch, make_runtime
 from clrfit.loaders import TensorLoader
 from clrfit.runtime import Runtime
+from torchrun import torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "fsdp_worker.py"
@@ -77,22 +76,12 @@ def test_even_batches_pad_with_zero_count_batches():
 # ---------------------------------------------------------------------- real ranks
 
 
-def _command(world: int, *args: str) -> list[str]:
-    if world == 1:
-        return [sys.executable, str(WORKER), *args]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--nnodes=1",
-            "--master_addr=127.0.0.1", f"--master_port={port}", str(WORKER), *args]
-
-
 def _run(world: int, mode: str, folder: Path) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.run(_command(world, mode, str(folder)), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=240)
+    cmd = torchrun_command(world, WORKER, mode, str(folder), plain_if_one=True)  # world 1: plain python
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return torch.load(folder / f"{mode}-W{world}.pt", weights_only=False)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader
 from clrfit import Learner, ModelData
 from clrfit.inference import get_preds, per_sample_loss, predict, tta
 from test_vision import make_image_folder
+from torchrun import torchrun_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,21 +114,13 @@ def test_tta_needs_an_augmented_loader():
         tta(learn)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_get_preds_under_torchrun_gathers_in_dataset_order(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items()
            if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           str(ROOT / "tests" / "inference_ddp_worker.py"), str(tmp_path)]
+    cmd = torchrun_command(2, ROOT / "tests" / "inference_ddp_worker.py", str(tmp_path))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

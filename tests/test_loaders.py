@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from clrfit.distributed import DistributedContext, ShardSampler, shard_eval_load
 from clrfit.loaders import GlobalOrderSampler, ImageBatchTransform, TensorLoader, global_batch_spans
 
 from conftest import InterruptAt, make_model
+from torchrun import torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -257,12 +257,6 @@ def test_shard_data_with_tensor_loaders_keeps_the_users_modeldata():
     assert shard_train_loader(sharded.trn_dl, 3, 2) is sharded.trn_dl  # already sharded
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_torchrun_one_two_three_ranks_train_like_one_process(tmp_path):
@@ -271,9 +265,7 @@ def test_torchrun_one_two_three_ranks_train_like_one_process(tmp_path):
                                                              "MASTER_PORT")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     for world in (1, 2, 3):
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-               str(ROOT / "tests" / "loader_worker.py"), str(tmp_path), str(global_bs)]
+        cmd = torchrun_command(world, ROOT / "tests" / "loader_worker.py", str(tmp_path), str(global_bs))
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     single = torch.load(tmp_path / "W1-rank0.pt", weights_only=False)
