@@ -19,13 +19,19 @@ def momentum_key(optimizer: torch.optim.Optimizer | dict[str, Any]) -> str | Non
     return None
 
 
-def get_momentum(group: dict[str, Any]) -> float | None:
-    """The group's momentum (``betas[0]`` for Adam-family), or None."""
-    if "betas" in group:
-        return float(group["betas"][0])
-    if "momentum" in group:
-        return float(group["momentum"])
-    return None
+def read_back(groups: list[dict[str, Any]]) -> tuple[list[float], list[float | None]]:
+    """Every group's lr and momentum (``betas[0]`` for Adam-family; None without either), as floats."""
+    lrs: list[float] = []
+    moms: list[float | None] = []
+    for group in groups:
+        lrs.append(float(group["lr"]))
+        if "betas" in group:
+            moms.append(float(group["betas"][0]))
+        elif "momentum" in group:
+            moms.append(float(group["momentum"]))
+        else:
+            moms.append(None)
+    return lrs, moms
 
 
 def set_momentum(group: dict[str, Any], value: float) -> None:

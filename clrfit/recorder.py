@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .callback import Callback
-from .optim import get_momentum
+from .optim import read_back
 
 SMOOTHING = 0.98
 
@@ -91,10 +91,10 @@ class Recorder(Callback):
         learn = self.learn
         if learn.step_loss is None:
             return False
-        groups = learn.opt.param_groups
+        lrs, moms = read_back(learn.opt.param_groups)
         self.iterations.append(learn.state.iteration)
-        self.group_lrs.append([float(g["lr"]) for g in groups])
-        self.group_moms.append([get_momentum(g) for g in groups])
+        self.group_lrs.append(lrs)
+        self.group_moms.append(moms)
         return True
 
     def on_validate_end(self) -> None:

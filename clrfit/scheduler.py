@@ -86,7 +86,7 @@ class ParamScheduler(Callback):
         learn = self.learn
         end = max(t + 1, min(t + AHEAD, learn.n_epochs * learn.steps_per_epoch))
         self._first, self._rows = t, self.schedule.span(t, end)
-        self._positions = list(map(self.schedule.position, range(t, end)))
+        self._positions = self.schedule.positions(t, end)
 
 
 class DecoupledWeightDecay(Callback):

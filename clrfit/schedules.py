@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import itertools
 import math
 import numbers
 import types
@@ -143,6 +144,11 @@ def _anneal_points(kind: str, points: tuple[Level, Level], pcts: list[float], an
     return _rows_of([anneal_all(kind, x, y, pcts, angles) for x, y in zip(a, b)])
 
 
+def _divmods(t0: int, t1: int, n: int) -> list[tuple[int, int]]:
+    """``(t // n, t % n)`` for ``t`` in ``t0 .. t1 - 1``: the positions of equal cycles of ``n`` steps."""
+    return list(map(divmod, range(t0, t1), itertools.repeat(n)))
+
+
 def _rows_of(columns: list[list[float]]) -> list[list[float]]:
     """Per-step rows (one value per group) from per-group columns (one value per step)."""
     return list(map(list, zip(*columns)))
@@ -230,6 +236,10 @@ class Schedule:
     def position(self, t: int) -> tuple[int, int]:
         """``(cycle, iteration in cycle)`` of step ``t``."""
         return 0, t
+
+    def positions(self, t0: int, t1: int) -> list[tuple[int, int]]:
+        """``[self.position(t) for t in range(t0, t1)]``."""
+        return [self.position(t) for t in range(t0, t1)]
 
     @property
     def has_momentum(self) -> bool:
@@ -358,6 +368,9 @@ class ConstantLR(Schedule):
             return 0, t
         return t // self.cycle_iters, t % self.cycle_iters
 
+    def positions(self, t0: int, t1: int) -> list[tuple[int, int]]:
+        return super().positions(t0, t1) if self.cycle_iters is None else _divmods(t0, t1, self.cycle_iters)
+
     def cycle_iterations(self, t: int) -> int:
         return self.cycle_iters or self.total or 1
 
@@ -451,6 +464,9 @@ class _RepeatedCycle(Schedule):
 
     def position(self, t: int) -> tuple[int, int]:
         return t // self.cycle_iters, t % self.cycle_iters
+
+    def positions(self, t0: int, t1: int) -> list[tuple[int, int]]:
+        return _divmods(t0, t1, self.cycle_iters)
 
     def cycle_iterations(self, t: int) -> int:
         return self.cycle_iters
