@@ -585,7 +585,8 @@ class Learner:
         self.train_model.train()
         self.val_loss, self.val_metrics = None, []
         agree = self.dist.enabled  # under DDP every step ends with the ranks' one small stop vote
-        for micro_batches in self._epoch_steps():
+        steps, batches = self._epoch_steps()
+        for micro_batches in steps:
             self.step_loss = None  # set once the step's forward passes are done: a step cancelled before has no loss
             try:
                 self._scope("batch", self._one_step, _BATCH_CANCELS, micro_batches)
@@ -600,6 +601,7 @@ class Learner:
                 state.batch_index += 1
             if agree or self._interrupt_requested:
                 self._stop_if_agreed()
+        _check_epoch_length(self.data.trn_dl, batches, state.batch_index, self.steps_per_epoch)
         if self.data.val_dl is not None and self.validate_each_epoch:
             self._fire("on_validate_begin")
             self.val_loss, self.val_metrics = self.validate()
@@ -611,18 +613,12 @@ class Learner:
                     raise
             self._fire("on_validate_end")
 
-    def _epoch_steps(self) -> Iterator[list[Any]]:
-        """This epoch's optimizer steps (lists of ``accumulate`` micro-batches) from ``batch_index`` on, never more than planned."""
-        state, dl, n = self.state, self.data.trn_dl, self.accumulate
-        batches = state.begin_epoch(dl, self._generators, self._samplers, skip=state.batch_index * n)
-        for done in range(state.batch_index, self.steps_per_epoch):
-            group = list(itertools.islice(batches, n))
-            if not group:
-                _loader_length_warning(dl, "fewer", self.steps_per_epoch, done)
-                return
-            yield group
-        if next(batches, None) is not None:  # the schedule was planned for len(): never run past it
-            _loader_length_warning(dl, "more", self.steps_per_epoch)
+    def _epoch_steps(self) -> tuple[Iterator[Sequence[Any]], Iterator[Any]]:
+        """This epoch's optimizer steps (``accumulate`` micro-batches each) from ``batch_index`` on, never more than planned; and its batches."""
+        state, n = self.state, self.accumulate
+        batches = state.begin_epoch(self.data.trn_dl, self._generators, self._samplers, skip=state.batch_index * n)
+        grouped = zip(batches) if n == 1 else iter(lambda: list(itertools.islice(batches, n)), [])
+        return itertools.islice(grouped, self.steps_per_epoch - state.batch_index), batches
 
     def _one_step(self, micro_batches: list[Any]) -> None:
         # A step cancelled or failed after backward left its gradients (the zero_grad below did not run):
@@ -637,7 +633,7 @@ class Learner:
             total = None
             for j, batch in enumerate(micro_batches):
                 with self.runtime.micro_step(self.train_model, last=j == n - 1):
-                    loss = self._forward_backward(batch, n)
+                    loss = self._forward_backward(batch, n).detach()
                 total = loss if total is None else total + loss
             self.step_loss = total / n
         for handler in handlers["on_backward_end"]:
@@ -649,13 +645,13 @@ class Learner:
         self._grads_left = False
 
     def _forward_backward(self, batch: Any, n: int) -> torch.Tensor:
-        """Forward, loss, ``on_loss`` and backward (of ``loss / n``) of one micro-batch; its loss, detached."""
+        """Forward, loss, ``on_loss`` and backward (of ``loss / n``) of one micro-batch; its loss (its graph freed by backward)."""
         self.xb, self.yb = self.runtime.to_device(batch)
         self.pred, self.loss = self.runtime.forward(self.train_model, self.xb, self.yb, self.crit)
         for handler in self._handlers["on_loss"]:
             handler()
         self.runtime.backward(self.loss / n if n > 1 else self.loss)
-        return self.loss.detach()
+        return self.loss
 
     def _steps_per_epoch(self, accumulate: int = 1) -> int:
         accumulate = check_int("accumulate", accumulate, minimum=1)
@@ -882,6 +878,14 @@ def _check_cyclic_range(step_size_up: Any, step_size_down: Any, mode: Any, gamma
         if g > limit:
             raise ArgumentError("gamma", f"{{gamma}}={g:g} overflows: gamma**t over the run's {total} steps exceeds "
                                          f"the largest float; {{gamma}} must be in (0, {limit:.12g}] for this run")
+
+
+def _check_epoch_length(dl: Any, batches: Iterator[Any], done: int, planned: int) -> None:
+    """Warn when an epoch's loader gave fewer steps than its len() planned, or had batches left after them."""
+    if done < planned:
+        _loader_length_warning(dl, "fewer", planned, done)
+    elif next(batches, None) is not None:  # the schedule was planned for len(): never run past it
+        _loader_length_warning(dl, "more", planned)
 
 
 def _loader_length_warning(dl: Any, kind: str, planned: int, got: int | None = None) -> None:

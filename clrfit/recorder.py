@@ -4,7 +4,8 @@
 optimizer's param groups when the step is done (``on_batch_end``), so they are
 what the optimizer stepped with, whichever callback set them. Losses are kept on the device and read back in batches
 (every ``flush_every`` = 32 steps on every device, at epoch end, and whenever a
-list is read), so recording adds no per-step host sync; the divergence guard
+list is read), so recording adds no per-step host sync (a CPU loss, which needs
+none, is taken as a float at once and smoothed at the same points); the divergence guard
 checks the losses at those same points (see :mod:`clrfit.checkpoint`).
 
 A step is recorded whole (iteration, lrs, momentums and loss together, at
@@ -41,7 +42,8 @@ class Recorder(Callback):
         self.metric_names: list[str] = []
         self.epochs: list[int] = []
         self.avg_loss = 0.0
-        self._pending: list[torch.Tensor] = []
+        self._pending: list[torch.Tensor] | list[float] = []
+        self._on_host = False  # a CPU fit: losses are read as floats at once (no sync to avoid)
 
     # ------------------------------------------------------------------ lists
     @property
@@ -71,11 +73,12 @@ class Recorder(Callback):
         from .plots import momentum_label
 
         self.momentum_label = momentum_label(self.learn.opt.param_groups[0])
+        self._on_host = self.learn.device.type == "cpu"
 
     def on_batch_end(self) -> None:
         if self.record_step():
-            pending = self._pending
-            pending.append(self.learn.step_loss)
+            pending, loss = self._pending, self.learn.step_loss
+            pending.append(_loss_value(loss) if self._on_host else loss.detach())
             if len(pending) >= self.flush_every:
                 self.flush()
 
@@ -114,8 +117,11 @@ class Recorder(Callback):
         """Read pending device losses back to the host (one sync) and smooth them."""
         if not self._pending:
             return
-        # Stack on the device and copy once: one host sync per flush, not one per loss.
         pending, self._pending = self._pending, []
+        if type(pending[0]) is float:  # read as they came (a CPU fit)
+            self.add_losses(pending)
+            return
+        # Stack on the device and copy once: one host sync per flush, not one per loss.
         try:
             stacked = torch.stack(pending)  # the usual case: 0-d losses on one device
         except RuntimeError:  # losses of other shapes or on several devices
@@ -214,3 +220,10 @@ class Recorder(Callback):
 
     def __repr__(self) -> str:
         return f"Recorder({len(self.iterations)} iterations, {len(self.val_losses)} validations)"
+
+
+def _loss_value(loss: torch.Tensor) -> float:
+    """A host loss as the float the device path records (float32, like the stacked read-back)."""
+    if loss.dtype is torch.float32:
+        return loss.item()
+    return float(loss.detach().float().reshape(()))
