@@ -21,7 +21,8 @@ the warm-up plus ``--fits`` fits of ``learn.fit``, and the warm-up plus ``--fits
 hand-written fits. The differences, per optimizer step, are what each loop costs,
 C, Python and torch included, independent of machine load (the timings on a
 shared 2-core machine move by 10-20 % between runs of the same code); their
-ratio is the overhead ratio at a fixed instructions-per-cycle. ``CLRFIT_CHECKOUT``
+ratio is the overhead ratio at a fixed instructions-per-cycle. The runs go
+without address-space randomisation (``setarch -R``), which makes them repeat. ``CLRFIT_CHECKOUT``
 (or ``--checkout DIR``) measures another checkout's clrfit: before and after.
 
 ``--opcodes``: count the Python bytecode instructions each loop executes for
@@ -214,9 +215,12 @@ def instructions(args: argparse.Namespace) -> None:
     if args.checkout:
         env["CLRFIT_CHECKOUT"] = str(Path(args.checkout).resolve())
     common = ["--model", args.model, "--epochs", str(args.epochs), "--bs", str(args.bs)]
+    # Without address randomisation the counts repeat to ~1e-7; with it, pointer-keyed hash tables
+    # (pybind11's instance registry, for one) move them by up to 1 % of the step between runs.
+    no_aslr = ["setarch", os.uname().machine, "-R"] if shutil.which("setarch") else []
     procs = {}
     for name, fits in (("warm-up only", 0), ("learner", args.fits), ("raw", args.fits)):
-        command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+        command = [*no_aslr, "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                    sys.executable, __file__, "--count-child", name, "--fits", str(fits), *common]
         procs[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     refs, steps = {}, 0
