@@ -115,7 +115,7 @@ def evaluate(phases: Sequence[Phase], t: float) -> tuple[Phase, Any, Any]:
 
     Past the last row the final phase goes on (its ``pct`` exceeds 1).
     """
-    phase = _phase_bounds(phases, t)[0]
+    phase = _phase_at(phases, t)[0]
     lrs, moms = evaluate_phase(phase, [t])
     return phase, lrs[0], None if moms is None else moms[0]
 
@@ -159,14 +159,12 @@ def _per_group(values: list[float], n: int) -> list[list[float]]:
     return _rows_of([values] * n)
 
 
-def _phase_bounds(phases: Sequence[Phase], t: float) -> tuple[Phase, float, float]:
-    """The phase holding step ``t`` and the bounds ``(low, high]`` of the steps from ``t`` on that it holds."""
-    low = -math.inf
+def _phase_at(phases: Sequence[Phase], t: float) -> tuple[Phase, float]:
+    """The phase holding step ``t`` (the first with ``t <= last``) and the last step it holds."""
     for phase in phases:
         if t <= phase.last:
-            return phase, low, phase.last
-        low = max(low, phase.last)
-    return phases[-1], low, math.inf  # past the last row: the final phase goes on
+            return phase, phase.last
+    return phases[-1], math.inf  # past the last row: the final phase goes on
 
 
 class Schedule:
@@ -185,7 +183,7 @@ class Schedule:
     def __call__(self, t: int) -> tuple[list[float], list[float] | None]:
         self._check_steps(t, t)
         local = t % self.period if self.period else t
-        return self._phase_rows(_phase_bounds(self._table(), local)[0], [local])[0]
+        return self._phase_rows(_phase_at(self._table(), local)[0], [local])[0]
 
     def span(self, t0: int, t1: int) -> list[tuple[list[float], list[float] | None]]:
         """``[self(t) for t in range(t0, t1)]``; a phase table is evaluated a phase at a time, which is cheaper."""
@@ -196,7 +194,7 @@ class Schedule:
             self._check_steps(t0, t1 - 1)
         while t0 < t1:
             local = t0 % period if period else t0
-            phase, _, last = _phase_bounds(phases, local)
+            phase, last = _phase_at(phases, local)
             n = t1 - t0 if not period else min(t1 - t0, period - local)
             if last != math.inf:
                 n = min(n, math.floor(last) - local + 1)
@@ -230,7 +228,7 @@ class Schedule:
 
     def _check_within(self, first: int, last: int, planned: str) -> None:
         if not (0 <= first and last < self.total):
-            bad = first if not 0 <= first < self.total else last
+            bad = first if not 0 <= first < self.total else self.total  # the first step outside
             raise ArgumentError("t", f"{{t}} must be in [0, {self.total - 1}] ({planned}); got {escape(str(bad))}")
 
     def position(self, t: int) -> tuple[int, int]:
