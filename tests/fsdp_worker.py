@@ -102,17 +102,22 @@ def main(mode: str, folder: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     bs = GLOBAL_BS // world
     results: dict = {}
+
+    def stage(name: str, result: dict) -> None:  # a line per stage: a crash's output says how far it got
+        results[name] = result
+        print(f"fsdp_worker rank {rank}: {name} done", file=sys.stderr, flush=True)
+
     if mode == "train":
         fit(bs, checkpoint=out / "ckpt.pt", stop=StopAt(STOP_AT))
-        results["range_test"] = range_test(bs, out)
+        stage("range_test", range_test(bs, out))
     else:
-        results["resumed"] = fit(bs, checkpoint=out / "ckpt.pt", resume=True)
-    results["plain"] = fit(bs)
-    results["dataloader"] = fit(bs, loader="torch")  # torch DataLoaders: GlobalOrderSampler, padded ShardSampler
-    results["bf16"] = fit(bs, "bf16")
-    results["fp16"] = fit(bs, "fp16")
+        stage("resumed", fit(bs, checkpoint=out / "ckpt.pt", resume=True))
+    stage("plain", fit(bs))
+    stage("dataloader", fit(bs, loader="torch"))  # torch DataLoaders: GlobalOrderSampler, padded ShardSampler
+    stage("bf16", fit(bs, "bf16"))
+    stage("fp16", fit(bs, "fp16"))
     if mode == "train" or world == 1:  # torch.compile through FSDP2's hooks (aot_eager: traced, no C++ build)
-        results["compiled"] = fit(bs, compile="aot_eager")
+        stage("compiled", fit(bs, compile="aot_eager"))
     if world > 1:  # what every rank must agree on, gathered to rank 0
         mine = {k: (results[k]["lrs"], results[k].get("losses", results[k].get("val_losses"))) for k in results}
         everyone: list = [None] * world
@@ -120,6 +125,7 @@ def main(mode: str, folder: str) -> None:
         results["per_rank"] = everyone
     if rank == 0:
         torch.save(results, out / f"{mode}-W{world}.pt")
+    print(f"fsdp_worker rank {rank}: all done", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -76,14 +77,37 @@ def test_even_batches_pad_with_zero_count_batches():
 # ---------------------------------------------------------------------- real ranks
 
 
-def _run(world: int, mode: str, folder: Path) -> dict:
+#: What a C++ ``std::terminate`` prints. Once on CI (never in 46 runs of the 2-rank worker here, 20 of them
+#: beside a busy CPU) a rank of the 2-rank run aborted with it once its fp16 fit had begun, with no Python error.
+CPP_ABORT = "terminate called without an active exception"
+
+
+def _run(world: int, mode: str, folder: Path, start: Path | None = None) -> dict:
+    """Run the worker on ``world`` ranks in ``folder``, which starts empty or as a copy of ``start``."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    cmd = torchrun_command(world, WORKER, mode, str(folder), plain_if_one=True)  # world 1: plain python
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # PYTHONFAULTHANDLER: an abort prints every thread's Python stack, so a failure says where it happened.
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONFAULTHANDLER="1")
+    for attempt in (1, 2):
+        shutil.rmtree(folder, ignore_errors=True)
+        if start is not None:
+            shutil.copytree(start, folder)
+        else:
+            folder.mkdir()
+        cmd = torchrun_command(world, WORKER, mode, str(folder), plain_if_one=True)  # world 1: plain python
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        if proc.returncode == 0 or CPP_ABORT not in proc.stderr or attempt == 2:
+            break
+        # Only that C++ abort is tried again, once and visibly; any other failure, or a second abort, fails.
+        warnings.warn(f"fsdp_worker {mode} on {world} rank(s) aborted ({CPP_ABORT!r}); running it again. "
+                      f"It had got to: {_stages(proc.stderr)}")
+    assert proc.returncode == 0, f"stages done: {_stages(proc.stderr)}\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
     return torch.load(folder / f"{mode}-W{world}.pt", weights_only=False)
+
+
+def _stages(stderr: str) -> list[str]:
+    """The worker's ``fsdp_worker rank R: STAGE done`` lines."""
+    return [line.split("fsdp_worker ", 1)[1] for line in stderr.splitlines() if line.startswith("fsdp_worker rank")]
 
 
 def _close(a: dict, b: dict, rtol: float, atol: float) -> None:
@@ -95,7 +119,6 @@ def _close(a: dict, b: dict, rtol: float, atol: float) -> None:
 @pytest.mark.timeout(600)
 def test_fsdp_on_two_ranks_matches_one_process_and_its_checkpoint_resumes_on_one_and_three(tmp_path):
     trained = tmp_path / "W2"
-    trained.mkdir()
     two = _run(2, "train", trained)
     ckpt = torch.load(trained / "ckpt.pt", weights_only=False)
     assert ckpt["counters"] == dict(epoch=1, batch_index=1, iteration=4, cycle=0, iter_in_cycle=4)
@@ -104,9 +127,7 @@ def test_fsdp_on_two_ranks_matches_one_process_and_its_checkpoint_resumes_on_one
 
     runs = {}
     for world in (1, 3):
-        folder = tmp_path / f"W{world}"
-        shutil.copytree(trained, folder)
-        runs[world] = _run(world, "resume", folder)
+        runs[world] = _run(world, "resume", tmp_path / f"W{world}", start=trained)
     single = runs[1]
     assert single["plain"]["sharded"] == "Parameter" and two["plain"]["sharded"] == runs[3]["plain"]["sharded"] == "DTensor"
 
