@@ -190,6 +190,7 @@ class Learner:
         self._metrics = self.metrics
         self.interrupted = self._interrupt_requested = False
         self._grads_left = True  # a step may have left gradients before this fit
+        self._ready_pairs = False  # this epoch's batches need no to_device (set per epoch)
         self.fit_cancelled = False  # a CancelFitException is ending the fit (the checkpoint writer asks)
         self.validate_each_epoch = True
 
@@ -508,7 +509,9 @@ class Learner:
         self._cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self._cbs:
             cb.learn = self
-        self._handlers = _handler_table(self._cbs)
+        self._handlers = handlers = _handler_table(self._cbs)
+        self._scopes = {name: (handlers[begin], handlers[end] if end else ())  # each scope's (begin, end) handlers
+                        for name, (begin, end) in _SCOPE_EVENTS.items()}
         self._interrupt_requested, self._stopped_by, self._running = False, "", True
         try:
             # Under DDP a repeated Ctrl-C (torchrun forwards the terminal's) must not abort one rank mid-collective.
@@ -560,18 +563,18 @@ class Learner:
         ``cancels`` are this scope's cancel and the smaller ones: a CancelBatchException
         raised outside a batch (say in ``on_epoch_begin``) cancels the scope it was raised in.
         """
-        begin, end = _SCOPE_EVENTS[name]
+        begin, end = self._scopes[name]
         try:
-            for handler in self._handlers[begin]:
+            for handler in begin:
                 handler()
             body(*args)
         except cancels:
             pass
         except _CANCELS as err:
             self.fit_cancelled = self.fit_cancelled or isinstance(err, CancelFitException)
-            fire_end(self._handlers.get(end, ()), cancels)
+            fire_end(end, cancels)
             raise
-        fire_end(self._handlers.get(end, ()), cancels)
+        fire_end(end, cancels)
 
     def _all_epochs(self) -> None:
         state = self.state
@@ -586,6 +589,7 @@ class Learner:
         self.val_loss, self.val_metrics = None, []
         agree = self.dist.enabled  # under DDP every step ends with the ranks' one small stop vote
         steps, batches = self._epoch_steps()
+        self._ready_pairs = self.runtime.yields_ready_pairs(self.data.trn_dl)
         for micro_batches in steps:
             self.step_loss = None  # set once the step's forward passes are done: a step cancelled before has no loss
             try:
@@ -646,7 +650,7 @@ class Learner:
 
     def _forward_backward(self, batch: Any, n: int) -> torch.Tensor:
         """Forward, loss, ``on_loss`` and backward (of ``loss / n``) of one micro-batch; its loss (its graph freed by backward)."""
-        self.xb, self.yb = self.runtime.to_device(batch)
+        self.xb, self.yb = batch if self._ready_pairs else self.runtime.to_device(batch)
         self.pred, self.loss = self.runtime.forward(self.train_model, self.xb, self.yb, self.crit)
         for handler in self._handlers["on_loss"]:
             handler()

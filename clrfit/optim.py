@@ -19,6 +19,11 @@ def momentum_key(optimizer: torch.optim.Optimizer | dict[str, Any]) -> str | Non
     return None
 
 
+def momentum_is_sgd(groups: list[dict[str, Any]]) -> bool:
+    """True when every group's momentum is ``momentum`` (SGD, RMSprop): a hot loop may then read and write that key directly."""
+    return all(momentum_key(g) == "momentum" for g in groups)
+
+
 def read_back(groups: list[dict[str, Any]]) -> tuple[list[float], list[float | None]]:
     """Every group's lr and momentum (``betas[0]`` for Adam-family; None without either), as floats."""
     lrs: list[float] = []

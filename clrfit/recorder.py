@@ -15,14 +15,17 @@ nothing, so the lists stay aligned and never hold a NaN for a cancelled step.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
 
 from .callback import Callback
-from .optim import read_back
+from .optim import momentum_is_sgd, read_back
 
 SMOOTHING = 0.98
+#: A param group's lr and SGD momentum, read in C.
+_LR, _MOMENTUM = operator.itemgetter("lr"), operator.itemgetter("momentum")
 
 
 class Recorder(Callback):
@@ -44,6 +47,7 @@ class Recorder(Callback):
         self.avg_loss = 0.0
         self._pending: list[torch.Tensor] | list[float] = []
         self._on_host = False  # a CPU fit: losses are read as floats at once (no sync to avoid)
+        self._sgd_momentum = False  # every group's momentum is 'momentum' (set per fit)
 
     # ------------------------------------------------------------------ lists
     @property
@@ -74,11 +78,15 @@ class Recorder(Callback):
 
         self.momentum_label = momentum_label(self.learn.opt.param_groups[0])
         self._on_host = self.learn.device.type == "cpu"
+        self._sgd_momentum = momentum_is_sgd(self.learn.opt.param_groups)
 
     def on_batch_end(self) -> None:
         if self.record_step():
             pending, loss = self._pending, self.learn.step_loss
-            pending.append(_loss_value(loss) if self._on_host else loss.detach())
+            if not self._on_host:
+                pending.append(loss.detach())
+            else:  # a CPU fit reads each loss as it comes, as float32 like the device path's stacked read-back
+                pending.append(loss.item() if loss.dtype is torch.float32 else _loss_value(loss))
             if len(pending) >= self.flush_every:
                 self.flush()
 
@@ -94,10 +102,15 @@ class Recorder(Callback):
         learn = self.learn
         if learn.step_loss is None:
             return False
-        lrs, moms = read_back(learn.opt.param_groups)
+        groups = learn.opt.param_groups
         self.iterations.append(learn.state.iteration)
-        self.group_lrs.append(lrs)
-        self.group_moms.append(moms)
+        if self._sgd_momentum:  # what read_back reads, without its per-group branches
+            self.group_lrs.append(list(map(float, map(_LR, groups))))
+            self.group_moms.append(list(map(float, map(_MOMENTUM, groups))))
+        else:
+            lrs, moms = read_back(groups)
+            self.group_lrs.append(lrs)
+            self.group_moms.append(moms)
         return True
 
     def on_validate_end(self) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .distributed import DistributedContext, from_environment, uses_channels_last
+from .loaders import TensorLoader
 from .precision import Precision
 
 #: Entered when a micro-batch needs neither ``no_sync`` nor anything else: reusable, costs nothing.
@@ -95,6 +96,17 @@ class Runtime:
         if not self._moves:
             return _to_cpu_if_needed(xb), _to_cpu_if_needed(yb)
         return move(xb, self.device, self._non_blocking), move(yb, self.device, self._non_blocking)
+
+    def yields_ready_pairs(self, dl: Any) -> bool:
+        """True when every batch of ``dl`` is already this learner's ``(inputs, target)``: nothing to move or split.
+
+        That is a :class:`~clrfit.loaders.TensorLoader` of two CPU tensors (its
+        transform, if any, works where the batch is) on a CPU learner with the
+        default split and no channels_last; the loop then takes its batches as
+        they come, without :meth:`to_device`.
+        """
+        return (self._plain_pairs and type(dl) is TensorLoader and len(dl.tensors) == 2
+                and all(t.is_cpu for t in dl.tensors))
 
     # ------------------------------------------------------------------ the step
     def micro_step(self, model: nn.Module, last: bool) -> contextlib.AbstractContextManager:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .callback import Callback
-from .optim import momentum_key, set_momentum
+from .optim import momentum_is_sgd, momentum_key, set_momentum
 from .schedules import Schedule
 
 
@@ -34,6 +34,7 @@ class ParamScheduler(Callback):
         self.wds = None if wds is None else tuple(wds)
         self.decoupled = decoupled
         self._first, self._rows, self._positions = 0, [], []  # of steps _first, _first + 1, ...
+        self._sgd_momentum = False  # every group's momentum is 'momentum' (not 'betas'): set per fit
 
     def check(self, opt: torch.optim.Optimizer) -> None:
         """Raise ``ValueError`` if ``opt`` cannot take this schedule (called before any step)."""
@@ -59,6 +60,7 @@ class ParamScheduler(Callback):
     def on_train_begin(self) -> None:
         self.check(self.learn.opt)
         self._first, self._rows, self._positions = 0, [], []
+        self._sgd_momentum = momentum_is_sgd(self.learn.opt.param_groups)
         if self.wds is not None:
             # Like lr, wds are written into the groups and stay there after the fit.
             for group, wd in zip(self.learn.opt.param_groups, self.wds):
@@ -75,10 +77,15 @@ class ParamScheduler(Callback):
             i = 0
         lrs, moms = self._rows[i]
         state.cycle, state.iter_in_cycle = self._positions[i]
-        for group, lr in zip(groups, lrs):
-            group["lr"] = lr
-        if moms is not None:
-            for group, mom in zip(groups, moms):
+        if moms is None:
+            for group, lr in zip(groups, lrs):
+                group["lr"] = lr
+        elif self._sgd_momentum:  # the common case, written without a call per group
+            for group, lr, mom in zip(groups, lrs, moms):
+                group["lr"], group["momentum"] = lr, mom
+        else:
+            for group, lr, mom in zip(groups, lrs, moms):
+                group["lr"] = lr
                 set_momentum(group, mom)
 
     def _evaluate_from(self, t: int) -> None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from clrfit import Callback
 from clrfit.runtime import NO_CONTEXT, Runtime, compile_backend, move, resolve_device
 
 
@@ -68,3 +69,46 @@ def test_bad_device_and_compile_arguments_name_the_argument():
     with pytest.raises(ValueError, match="unknown torch.compile backend"):
         compile_backend("no-such-backend")
     assert compile_backend(False) is None and compile_backend(True) == "inductor"
+
+
+def test_only_a_plain_cpu_tensor_loader_yields_ready_pairs():
+    """The loop skips to_device only for batches that are already (inputs, target) CPU tensors."""
+    from clrfit.loaders import ImageBatchTransform, TensorLoader
+
+    x, y = torch.randn(8, 4), torch.arange(8)
+    rt = _runtime()
+    assert rt.yields_ready_pairs(TensorLoader(x, y, batch_size=4))
+    assert not rt.yields_ready_pairs(TensorLoader(x, y, y, batch_size=4))  # three tensors: split_batch decides
+    images = TensorLoader(torch.randn(8, 1, 4, 4), y, batch_size=4, transform=ImageBatchTransform(flip=True))
+    assert rt.yields_ready_pairs(images)  # the transform works on the CPU batch: still a CPU pair
+    assert all(xb.is_cpu and xb.shape == (4, 1, 4, 4) for xb, _ in images)
+    assert not rt.yields_ready_pairs(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4))
+    split = Runtime(nn.Linear(4, 3), "cpu", "fp32", batch_fn=lambda b: (b[0], b[1]))
+    assert not split.yields_ready_pairs(TensorLoader(x, y, batch_size=4))  # the user's split must run
+
+
+def test_a_fit_on_ready_pairs_is_the_fit_through_to_device():
+    """Same weights and history, bit for bit, whether the batches skip to_device or go through it (batch_fn)."""
+    from clrfit import Learner, ModelData
+
+    def run(batch_fn):
+        torch.manual_seed(0)
+        x = torch.randn(40, 4)
+        data = ModelData.from_tensors(x[:32], (x[:32, 0] > 0).long(), x[32:], (x[32:, 0] > 0).long(), bs=8)
+        torch.manual_seed(1)
+        learn = Learner(nn.Linear(4, 2), data, progress=False, table=False, batch_fn=batch_fn)
+        seen = []
+
+        class Inputs(Callback):
+            def on_loss(self) -> None:
+                seen.append(self.learn.xb)
+
+        learn.fit(0.1, 1, cycle_len=2, use_clr_beta=(10, 10, 0.95, 0.85), callbacks=[Inputs()])
+        return learn, seen
+
+    ready, ready_inputs = run(None)
+    moved, _ = run(lambda b: (b[0], b[1]))
+    assert ready._ready_pairs and not moved._ready_pairs
+    assert ready.sched.raw_losses == moved.sched.raw_losses and len(ready.sched.raw_losses) == 8
+    assert all(torch.equal(v, moved.model.state_dict()[k]) for k, v in ready.model.state_dict().items())
+    assert ready_inputs[0].shape == (8, 4)  # the loader's batch itself

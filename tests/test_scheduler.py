@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clrfit import Callback, Learner, ModelData
 from clrfit.scheduler import ParamScheduler
-from clrfit.schedules import ConstantLR, OneCycle
+from clrfit.schedules import ConstantLR, OneCycle, fit_schedule
 
 N_SAMPLES, BS = 8, 2  # 4 batches per epoch
 
@@ -280,7 +280,6 @@ def test_only_a_decoupled_weight_decay_fit_has_a_handler_between_backward_and_st
 def test_values_evaluated_ahead_are_the_schedules_at_every_step(monkeypatch):
     """The schedule is taken AHEAD steps at a time; chunk boundaries (here every 3 steps) change no value or counter."""
     import clrfit.scheduler as scheduler_module
-    from clrfit.schedules import fit_schedule
 
     monkeypatch.setattr(scheduler_module, "AHEAD", 3)
     learn = linear_learner(lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9))
@@ -312,3 +311,34 @@ def test_the_recorder_reads_back_what_the_optimizer_stepped_with():
 
     learn.fit(0.2, 1, callbacks=[Halve()])
     assert learn.sched.group_lrs == [[0.1, 0.1]] * 4
+
+
+@pytest.mark.parametrize("opt", ["sgd", "rmsprop", "adam"])
+def test_momentum_written_and_read_back_for_every_optimizer_layout(opt):
+    """SGD/RMSprop ``momentum`` (written and read without set_momentum/read_back) and Adam ``betas[0]``, per group;
+    a callback's change after the schedule is what the history shows, and ``betas[1]`` is left alone."""
+    make = {"sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.5),
+            "rmsprop": lambda p, lr: torch.optim.RMSprop(p, lr=lr, momentum=0.5),
+            "adam": lambda p, lr: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.99))}[opt]
+    learn = linear_learner(make)
+    key = "betas" if opt == "adam" else "momentum"
+
+    class Nudge(Callback):  # after the schedule: group 1's momentum one step behind
+        order = 20
+
+        def on_batch_begin(self) -> None:
+            group = self.learn.opt.param_groups[1]
+            if key == "betas":
+                group["betas"] = (group["betas"][0] - 0.01, group["betas"][1])
+            else:
+                group["momentum"] -= 0.01
+
+    learn.fit([0.1, 0.2], 2, cycle_len=1, use_clr=(10, 3, 0.95, 0.85), callbacks=[Nudge()])
+    schedule, _ = fit_schedule((0.1, 0.2), 4, 2, 1, use_clr=(10, 3, 0.95, 0.85))
+    values = schedule.values()
+    assert learn.sched.group_lrs == values.group_lrs
+    assert [m[0] for m in learn.sched.group_moms] == [m[0] for m in values.group_moms]
+    assert [m[1] for m in learn.sched.group_moms] == [m[1] - 0.01 for m in values.group_moms]
+    assert all(type(v) is float for row in learn.sched.group_moms + learn.sched.group_lrs for v in row)
+    if opt == "adam":
+        assert [g["betas"][1] for g in learn.opt.param_groups] == [0.99, 0.99]
