@@ -24,6 +24,10 @@ shared 2-core machine move by 10-20 % between runs of the same code); their
 ratio is the overhead ratio at a fixed instructions-per-cycle. The runs go
 without address-space randomisation (``setarch -R``), which makes them repeat. ``CLRFIT_CHECKOUT``
 (or ``--checkout DIR``) measures another checkout's clrfit: before and after.
+A run repeats to a few thousand instructions, but a process's total also moves by
+up to ~13 million with where clrfit is imported from (the same code measured from
+two folders), mostly outside the fits; hence 30 fits by default (4,800 steps: a
+few thousand per step), and before/after comparisons from folders of one path length.
 
 ``--opcodes``: count the Python bytecode instructions each loop executes for
 one fit (``sys.settrace`` with opcode events), per optimizer step, and which
@@ -34,7 +38,7 @@ where timings are too noisy to; it leaves out time spent inside C calls.
     python benchmarks/overhead.py [--runs 7] [--epochs 5]
     python benchmarks/overhead.py --interleaved --model mlp --rounds 41 --threads 1
     python benchmarks/overhead.py --opcodes --model mlp --epochs 2
-    python benchmarks/overhead.py --instructions --model mlp [--checkout DIR]   # needs valgrind; ~5 min
+    python benchmarks/overhead.py --instructions --model mlp [--checkout DIR]   # needs valgrind; ~7 min
 """
 from __future__ import annotations
 
@@ -268,7 +272,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=41, help="--interleaved: rounds (default 41)")
     parser.add_argument("--opcodes", action="store_true", help="count Python instructions per step (see above)")
     parser.add_argument("--instructions", action="store_true", help="count machine instructions per step (valgrind)")
-    parser.add_argument("--fits", type=int, default=3, help="--instructions: fits of each loop (default 3)")
+    parser.add_argument("--fits", type=int, default=30, help="--instructions: fits of each loop (default 30)")
     parser.add_argument("--checkout", default=None, help="--instructions: measure this checkout's clrfit")
     parser.add_argument("--count-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
