@@ -236,7 +236,5 @@ class Recorder(Callback):
 
 
 def _loss_value(loss: torch.Tensor) -> float:
-    """A host loss as the float the device path records (float32, like the stacked read-back)."""
-    if loss.dtype is torch.float32:
-        return loss.item()
+    """A host loss that is not float32, as the float the device path records (read back as float32)."""
     return float(loss.detach().float().reshape(()))

@@ -97,18 +97,21 @@ def test_a_fit_on_ready_pairs_is_the_fit_through_to_device():
         data = ModelData.from_tensors(x[:32], (x[:32, 0] > 0).long(), x[32:], (x[32:, 0] > 0).long(), bs=8)
         torch.manual_seed(1)
         learn = Learner(nn.Linear(4, 2), data, progress=False, table=False, batch_fn=batch_fn)
-        seen = []
+        seen, moves = [], []
+        to_device = learn.runtime.to_device
+        learn.runtime.to_device = lambda batch: moves.append(batch) or to_device(batch)  # validation's too
 
         class Inputs(Callback):
             def on_loss(self) -> None:
                 seen.append(self.learn.xb)
 
         learn.fit(0.1, 1, cycle_len=2, use_clr_beta=(10, 10, 0.95, 0.85), callbacks=[Inputs()])
-        return learn, seen
+        return learn, seen, len(moves)
 
-    ready, ready_inputs = run(None)
-    moved, _ = run(lambda b: (b[0], b[1]))
+    ready, ready_inputs, ready_moves = run(None)
+    moved, _, moved_moves = run(lambda b: (b[0], b[1]))
     assert ready._ready_pairs and not moved._ready_pairs
     assert ready.sched.raw_losses == moved.sched.raw_losses and len(ready.sched.raw_losses) == 8
     assert all(torch.equal(v, moved.model.state_dict()[k]) for k, v in ready.model.state_dict().items())
     assert ready_inputs[0].shape == (8, 4)  # the loader's batch itself
+    assert moved_moves - ready_moves == 8  # the 8 training batches skipped to_device; validation's still go through
