@@ -9,16 +9,20 @@ same for process CPU time (steadier when other jobs share the cores), and
 whether both ended with identical weights (they should: the work is the same).
 
 ``--interleaved``: one process, one model per loop built once, and ``--rounds``
-rounds that each run one short fit through both loops, alternating which goes
-first. Prints the median microseconds per optimizer step of each loop, the
-difference (the framework's cost per step) and the median of the per-round
-ratios. ``--model mlp`` is a 40-32-10 MLP, where framework cost dominates;
+rounds that each run one short fit through three loops, rotating which goes
+first: ``learn.fit``, the hand-written loop, and the hand-written loop clearing
+gradients as clrfit's step does (``p.grad = None`` for each parameter instead of
+``opt.zero_grad()``, whose profiler range costs more than the loop on a CPU).
+Prints the median microseconds per optimizer step of each loop, the learner's
+difference to each hand-written one and the medians of the per-round ratios:
+over the first, what a user's loop gains or loses by moving to clrfit; over the
+second, the framework's own cost. ``--model mlp`` is a 40-32-10 MLP, where framework cost dominates;
 ``--model cnn`` the MNIST-1D CNN.
 
 ``--instructions``: count the machine instructions (valgrind's cachegrind, ``I refs``)
-of three runs of this script, each in its own process: the shared warm-up only,
+of four runs of this script, each in its own process: the shared warm-up only,
 the warm-up plus ``--fits`` fits of ``learn.fit``, and the warm-up plus ``--fits``
-hand-written fits. The differences, per optimizer step, are what each loop costs,
+fits of each hand-written loop. The differences, per optimizer step, are what each loop costs,
 C, Python and torch included, independent of machine load (the timings on a
 shared 2-core machine move by 10-20 % between runs of the same code); their
 ratio is the overhead ratio at a fixed instructions-per-cycle. The runs go
@@ -77,13 +81,19 @@ def one_cycle(t: int, n: int) -> tuple[float, float]:
     return LR * (1 + p * (DIV - 1)) / DIV, MAX_MOM - p * (MAX_MOM - MIN_MOM)
 
 
-def raw_fit(model: nn.Module, data, epochs: int) -> list[float]:
-    """The plain PyTorch loop: SGD momentum 0.9, per-step lr/momentum, validation each epoch."""
+def raw_fit(model: nn.Module, data, epochs: int, direct_clear: bool = False) -> list[float]:
+    """The plain PyTorch loop: SGD momentum 0.9, per-step lr/momentum, validation each epoch.
+
+    It clears gradients with ``opt.zero_grad(set_to_none=True)``, as users write it;
+    ``direct_clear`` sets them to None in a loop instead, as clrfit's step does
+    (``clrfit.optim.clear_grads``), so the difference to it is the framework's own cost.
+    """
     opt = torch.optim.SGD(model.parameters(), lr=LR / DIV, momentum=0.9)
     crit = nn.CrossEntropyLoss()
     n = epochs * len(data.trn_dl)
     t = 0
     accs = []
+    params = list(model.parameters())
     for _ in range(epochs):
         model.train()
         for xb, yb in data.trn_dl:
@@ -93,7 +103,11 @@ def raw_fit(model: nn.Module, data, epochs: int) -> list[float]:
             loss = crit(model(xb), yb)
             loss.backward()
             opt.step()
-            opt.zero_grad(set_to_none=True)
+            if direct_clear:
+                for p in params:
+                    p.grad = None
+            else:
+                opt.zero_grad(set_to_none=True)
             t += 1
         model.eval()
         with torch.no_grad():
@@ -129,46 +143,41 @@ def timed(fn, init_state: dict, data, epochs: int, seed: int) -> tuple[float, fl
 
 
 def interleaved(args: argparse.Namespace) -> None:
-    """In one process, alternate a hand-written fit and ``learn.fit`` round by round; print us/step and ratios."""
+    """In one process, rotate a fit of each loop round by round; print us/step and ratios."""
     torch.manual_seed(0)
     data = mnist1d(bs=args.bs)
     build = mlp if args.model == "mlp" else mnist1d_cnn
-    raw_model, learn_model = build(), build()
+    raw_model, direct_model, learn_model = build(), build(), build()
+    direct_model.load_state_dict(raw_model.state_dict())
     learn_model.load_state_dict(raw_model.state_dict())
     learn = Learner(learn_model, data, metrics=[accuracy], progress=False, table=False)
     steps = args.epochs * len(data.trn_dl)
-
-    def run_learner() -> None:
-        learn.fit(LR, 1, cycle_len=args.epochs, use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM))
-
-    def run_raw() -> None:
-        raw_fit(raw_model, data, args.epochs)
-
-    loops = {"learner": run_learner, "raw": run_raw}
+    loops = {
+        "learner": lambda: learn.fit(LR, 1, cycle_len=args.epochs, use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM)),
+        "raw": lambda: raw_fit(raw_model, data, args.epochs),
+        "raw, direct clear": lambda: raw_fit(direct_model, data, args.epochs, direct_clear=True),
+    }
+    names = list(loops)
     for fn in loops.values():  # warm-up (allocator, kernels) outside the measurement
         fn()
-    times: dict[str, list[float]] = {"learner": [], "raw": []}
-    cpu: dict[str, list[float]] = {"learner": [], "raw": []}
-    ratios, cpu_ratios = [], []
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
-        order = ["learner", "raw"] if r % 2 == 0 else ["raw", "learner"]
-        for name in order:
-            torch.manual_seed(r)  # same shuffling order for both loops
+        for name in names[r % 3:] + names[:r % 3]:  # each loop first, second and third equally often
+            torch.manual_seed(r)  # same shuffling order for every loop
             start, cpu_start = time.perf_counter(), time.process_time()
             loops[name]()
             times[name].append((time.perf_counter() - start) / steps * 1e6)
             cpu[name].append((time.process_time() - cpu_start) / steps * 1e6)
-        ratios.append(times["learner"][-1] / times["raw"][-1])
-        cpu_ratios.append(cpu["learner"][-1] / cpu["raw"][-1])
-    learner_us, raw_us = statistics.median(times["learner"]), statistics.median(times["raw"])
-    learner_cpu, raw_cpu = statistics.median(cpu["learner"]), statistics.median(cpu["raw"])
+    us = {name: statistics.median(t) for name, t in times.items()}
     print(f"interleaved: model {args.model}, {args.rounds} rounds x {args.epochs} epochs ({steps} steps + "
           f"validation each epoch), bs {args.bs}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"median us/step: learner {learner_us:.1f}, raw {raw_us:.1f}")
-    print(f"overhead us/step (median learner - median raw): {learner_us - raw_us:.1f}")
-    print(f"median CPU us/step: learner {learner_cpu:.1f}, raw {raw_cpu:.1f}; overhead {learner_cpu - raw_cpu:.1f}; "
-          f"median CPU-time ratio {statistics.median(cpu_ratios):.3f} (steadier on a shared machine)")
-    print(f"median ratio learner/raw: {statistics.median(ratios):.3f}")
+    print("median us/step: " + ", ".join(f"{name} {us[name]:.1f}" for name in names))
+    for base in ("raw", "raw, direct clear"):
+        ratio = statistics.median(a / b for a, b in zip(times["learner"], times[base]))
+        cpu_ratio = statistics.median(a / b for a, b in zip(cpu["learner"], cpu[base]))
+        print(f"learner over {base}: {us['learner'] - us[base]:+.1f} us/step (median learner - median {base}); "
+              f"median ratio {ratio:.3f}, median CPU-time ratio {cpu_ratio:.3f}")
 
 
 def opcode_counts(fn: Callable[[], None]) -> Counter:
@@ -223,7 +232,7 @@ def instructions(args: argparse.Namespace) -> None:
     # (pybind11's instance registry, for one) move them by up to 1 % of the step between runs.
     no_aslr = ["setarch", os.uname().machine, "-R"] if shutil.which("setarch") else []
     procs = {}
-    for name, fits in (("warm-up only", 0), ("learner", args.fits), ("raw", args.fits)):
+    for name, fits in (("warm-up only", 0), ("learner", args.fits), ("raw", args.fits), ("direct", args.fits)):
         command = [*no_aslr, "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                    sys.executable, __file__, "--count-child", name, "--fits", str(fits), *common]
         procs[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -235,12 +244,14 @@ def instructions(args: argparse.Namespace) -> None:
             raise SystemExit(f"{name}: cachegrind run failed (exit {proc.returncode}):\n{out[-3000:]}")
         refs[name] = int(found.group(1).replace(",", ""))
         steps = max(steps, int(re.search(r"^steps (\d+)$", out, re.M).group(1)))
-    learner, raw = (refs[k] - refs["warm-up only"] for k in ("learner", "raw"))
+    learner, raw, direct = (refs[k] - refs["warm-up only"] for k in ("learner", "raw", "direct"))
     where = args.checkout or env.get("CLRFIT_CHECKOUT") or "this checkout"
     print(f"instructions: model {args.model}, clrfit from {where}, {args.fits} fits x {args.epochs} epochs "
           f"({steps} steps + validation each epoch), bs {args.bs}, 1 thread, valgrind cachegrind")
     print(f"machine instructions per step: learner {learner / steps:,.0f}, raw {raw / steps:,.0f}, "
-          f"framework {(learner - raw) / steps:,.0f}; ratio learner/raw {learner / raw:.4f}")
+          f"difference {(learner - raw) / steps:,.0f}; ratio learner/raw {learner / raw:.4f}")
+    print(f"against the hand-written loop clearing gradients directly ({direct / steps:,.0f} per step): "
+          f"framework {(learner - direct) / steps:,.0f}; ratio {learner / direct:.4f}")
 
 
 def count_child(args: argparse.Namespace) -> None:
@@ -252,7 +263,8 @@ def count_child(args: argparse.Namespace) -> None:
     raw_model, learn_model = build(), build()
     learn = Learner(learn_model, data, metrics=[accuracy], progress=False, table=False)
     loops = {"learner": lambda: learn.fit(LR, 1, cycle_len=args.epochs, use_clr_beta=(DIV, PCT, MAX_MOM, MIN_MOM)),
-             "raw": lambda: raw_fit(raw_model, data, args.epochs)}
+             "raw": lambda: raw_fit(raw_model, data, args.epochs),
+             "direct": lambda: raw_fit(raw_model, data, args.epochs, direct_clear=True)}
     for fn in loops.values():
         fn()
     for _ in range(args.fits):

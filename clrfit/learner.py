@@ -30,6 +30,7 @@ from .distributed import Stop, stop_kind
 from .fsdp import make_runtime, refuse_sharded
 from .lr_finder import lr_find, lr_find2
 from .metrics import metric_name
+from .optim import clear_grads
 from .precision import resolve_precision
 from .progress import ProgressCallback
 from .recorder import Recorder
@@ -625,10 +626,10 @@ class Learner:
         return itertools.islice(grouped, self.steps_per_epoch - state.batch_index), batches
 
     def _one_step(self, micro_batches: list[Any]) -> None:
-        # A step cancelled or failed after backward left its gradients (the zero_grad below did not run):
+        # A step cancelled or failed after backward left its gradients (the clear_grads below did not run):
         # they must not add to this one, nor to the first step of the next fit.
         if self._grads_left:
-            self.opt.zero_grad(set_to_none=True)
+            clear_grads(self.opt)
         self._grads_left = True
         n, handlers = len(micro_batches), self._handlers
         if n == 1:
@@ -645,7 +646,7 @@ class Learner:
         self.runtime.step(self.opt)
         for handler in handlers["on_step_end"]:
             handler()
-        self.opt.zero_grad(set_to_none=True)
+        clear_grads(self.opt)
         self._grads_left = False
 
     def _forward_backward(self, batch: Any, n: int) -> torch.Tensor:

@@ -44,6 +44,18 @@ def test_overhead_trains_identical_weights_and_reports_the_median_ratio(tmp_path
     assert number_after("median ratio learner/raw:", out) == ratio  # one run: its own median
 
 
+def test_overhead_interleaved_reports_the_learner_against_both_hand_written_loops(tmp_path):
+    out = run_benchmark(tmp_path, "overhead.py", "--interleaved", "--model", "mlp", "--rounds", "1", "--epochs", "1",
+                        "--threads", "1").stdout
+    times = out.split("median us/step:")[1].split("\n")[0]
+    learner, raw, direct = (number_after(name, times) for name in ("learner", "raw", "raw, direct clear"))
+    for base, us in (("raw", raw), ("raw, direct clear", direct)):
+        line = out.split(f"learner over {base}:")[1].split("\n")[0]
+        difference = float(re.match(r"\s*([-+][0-9.]+) us/step", line).group(1))
+        assert difference == pytest.approx(learner - us, abs=0.15)  # one round: the medians are its times
+        assert number_after("median ratio", line) == pytest.approx(learner / us, rel=0.002)
+
+
 def test_lr_find_cost_ratios_are_the_measured_times_divided(tmp_path):
     out = run_benchmark(tmp_path, "lr_find_cost.py", "--num-it", "8", "--rounds", "1", "--synthetic",
                         "--threads", "1").stdout
