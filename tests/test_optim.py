@@ -48,11 +48,22 @@ def test_under_the_profiler_the_trace_shows_torch_s_zero_grad_range():
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         clear_grads(opt)
     assert "Optimizer.zero_grad#SGD.zero_grad" in {e.name for e in prof.events()}
+
+
+def test_without_a_profiler_no_profiler_range_is_entered(monkeypatch):
+    entered = []
+
+    class Counting(torch.autograd.profiler.record_function):
+        def __enter__(self):
+            entered.append(self.name)
+            return super().__enter__()
+
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", Counting)
     _, opt = _with_grads()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        pass
-    clear_grads(opt)  # the profiler has stopped: the direct loop, no range anywhere
-    assert "Optimizer.zero_grad#SGD.zero_grad" not in {e.name for e in prof.events()}
+    clear_grads(opt)
+    assert entered == [] and all(p.grad is None for group in opt.param_groups for p in group["params"])
+    opt.zero_grad()  # the probe sees torch's own range
+    assert entered == ["Optimizer.zero_grad#SGD.zero_grad"]
 
 
 def test_every_step_of_a_fit_starts_from_no_gradient_and_the_fit_ends_with_none():
